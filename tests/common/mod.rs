@@ -1,0 +1,317 @@
+//! Test harness: starts the real `broker` binary on a free port with a
+//! temporary `--db`, and speaks HTTP/1.1 to it over plain TCP sockets, so
+//! tests see exactly the bytes a client would.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN: &str = "letmein";
+
+pub struct Broker {
+    pub port: u16,
+    pub db: PathBuf,
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A complete HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+        })
+    }
+
+    /// Asserts the status and that the body is `{"error": "<non-empty>"}`.
+    pub fn assert_error(&self, status: u16) {
+        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        let error = self.json()["error"].as_str().map(str::to_string);
+        assert!(error.is_some_and(|e| !e.is_empty()), "no error message: {:?}", self.json());
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Broker {
+    /// A broker on a fresh temporary database.
+    pub fn start(args: &[&str]) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut broker = Broker::start_on(&dir.path().join("db"), args);
+        broker._dir = Some(dir);
+        broker
+    }
+
+    /// A broker on the given database directory (for restart tests).
+    pub fn start_on(db: &Path, args: &[&str]) -> Broker {
+        let port = free_port();
+        let child = Broker::command(db, port, args).spawn().unwrap();
+        let broker = Broker { port, db: db.to_path_buf(), child, _dir: None };
+        broker.wait_ready();
+        broker
+    }
+
+    /// The command line the harness uses, without spawning it.
+    pub fn command(db: &Path, port: u16, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_broker"));
+        command
+            .arg(format!("--db={}", db.display()))
+            .arg(format!("--port={port}"))
+            .arg("--ntp_servers=")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("broker did not start on port {}", self.port);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, then wait for the exit; returns the exit status code.
+    pub fn stop(mut self) -> Option<i32> {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        status.code()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream
+    }
+
+    /// Sends raw bytes on a new connection and reads the whole response.
+    pub fn raw(&self, bytes: &[u8]) -> Reply {
+        let mut stream = self.connect();
+        stream.write_all(bytes).unwrap();
+        read_reply(&mut BufReader::new(stream))
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        self.raw(&bytes)
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request("GET", path, headers, b"")
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.post_as(path, &[], body)
+    }
+
+    pub fn post_as(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        self.request("POST", path, &all, body.to_string().as_bytes())
+    }
+
+    pub fn create_user(&self, username: &str, password: &str, tenant: &str) -> Value {
+        let body = json!({"username": username, "password": password, "admin_token": ADMIN, "tenant_name": tenant});
+        let reply = self.post("/create_user", &body);
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        reply.json()
+    }
+
+    pub fn login(&self, username: &str, password: &str) -> String {
+        let reply = self.post("/login", &json!({"username": username, "password": password}));
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        reply.json()["jwt"].as_str().unwrap().to_string()
+    }
+
+    pub fn insert(&self, jwt: &str, event: &str, data: &Value) -> u64 {
+        let reply = self.post_as("/insert", &[("Authorization", &bearer(jwt))], &json!({"event": event, "data": data}));
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        reply.json()["id"].as_u64().unwrap()
+    }
+
+    /// Opens `/sse`; the status and headers are read, the body is left to `Sse`.
+    pub fn sse(&self, headers: &[(&str, &str)]) -> Sse {
+        let mut stream = self.connect();
+        let mut request = "GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_string();
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let (status, head) = read_head(&mut reader);
+        assert_eq!(status, 200, "sse refused: {head}");
+        assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+        Sse { reader, head, body: Vec::new(), ended: false }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn bearer(jwt: &str) -> String {
+    format!("Bearer {jwt}")
+}
+
+pub fn basic(username: &str, password: &str) -> String {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    format!("Basic {encoded}")
+}
+
+fn read_head(reader: &mut impl BufRead) -> (u16, String) {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, head)
+}
+
+fn read_reply(reader: &mut impl BufRead) -> Reply {
+    let (status, head) = read_head(reader);
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if lower.contains("transfer-encoding: chunked") {
+        while let Some(chunk) = read_chunk(reader) {
+            body.extend(chunk);
+        }
+    } else {
+        reader.read_to_end(&mut body).unwrap();
+    }
+    Reply { status, head, body }
+}
+
+/// One chunk of a chunked body; `None` at the terminating zero-size chunk.
+/// Panics if the connection ends without the terminator.
+fn read_chunk(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut size = String::new();
+    reader.read_line(&mut size).unwrap();
+    assert!(!size.is_empty(), "connection closed without the chunked terminator");
+    let size = usize::from_str_radix(size.trim(), 16).unwrap();
+    let mut chunk = vec![0; size + 2];
+    reader.read_exact(&mut chunk).unwrap();
+    chunk.truncate(size);
+    (size > 0).then_some(chunk)
+}
+
+/// An open SSE stream.
+pub struct Sse {
+    reader: BufReader<TcpStream>,
+    pub head: String,
+    /// Every body byte received so far.
+    pub body: Vec<u8>,
+    pub ended: bool,
+}
+
+/// One parsed SSE frame.
+#[derive(Debug, PartialEq)]
+pub struct Event {
+    pub id: u64,
+    pub event: String,
+    pub data: Value,
+}
+
+impl Sse {
+    /// Reads chunks until `count` frames (keep-alive comments excluded) have arrived.
+    pub fn events(&mut self, count: usize) -> Vec<Event> {
+        while parse_frames(&self.body).len() < count {
+            assert!(!self.ended, "stream ended after {:?}", String::from_utf8_lossy(&self.body));
+            self.read_chunk();
+        }
+        parse_frames(&self.body)
+    }
+
+    /// Reads one chunk into `body`; records the terminator.
+    pub fn read_chunk(&mut self) {
+        match read_chunk(&mut self.reader) {
+            Some(chunk) => self.body.extend(chunk),
+            None => self.ended = true,
+        }
+    }
+
+    /// Reads until the server ends the response with the chunked terminator;
+    /// panics after `limit` or on a cut connection.
+    pub fn wait_end(&mut self, limit: Duration) {
+        self.reader.get_ref().set_read_timeout(Some(limit)).unwrap();
+        while !self.ended {
+            self.read_chunk();
+        }
+    }
+
+    /// Whether nothing more arrives within `wait`.
+    pub fn quiet_for(&mut self, wait: Duration) -> bool {
+        self.reader.get_ref().set_read_timeout(Some(wait)).unwrap();
+        let quiet = self.reader.fill_buf().map(|buffer| buffer.is_empty()).is_err();
+        self.reader.get_ref().set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        quiet
+    }
+}
+
+/// Splits a stream body into frames; comments (`:`) are skipped.
+pub fn parse_frames(body: &[u8]) -> Vec<Event> {
+    let text = std::str::from_utf8(body).expect("stream is ASCII");
+    let complete = &text[..text.rfind("\n\n").map_or(0, |end| end + 2)];
+    complete
+        .split("\n\n")
+        .filter(|frame| !frame.is_empty() && !frame.starts_with(':'))
+        .map(|frame| {
+            let field = |name: &str| {
+                frame.lines().find_map(|line| line.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {frame:?}"))
+            };
+            Event {
+                id: field("id:").parse().unwrap(),
+                event: field("event:").to_string(),
+                data: serde_json::from_str(field("data:")).unwrap(),
+            }
+        })
+        .collect()
+}
