@@ -182,7 +182,7 @@ impl Broker {
         let (status, head) = read_head(&mut reader);
         assert_eq!(status, 200, "sse refused: {head}");
         assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
-        Sse { reader, head, body: Vec::new(), ended: false }
+        Sse { reader, head, body: Vec::new(), parsed: Vec::new(), parsed_bytes: 0, ended: false }
     }
 }
 
@@ -249,6 +249,9 @@ pub struct Sse {
     pub head: String,
     /// Every body byte received so far.
     pub body: Vec<u8>,
+    /// Frames parsed so far, and how many body bytes they covered.
+    parsed: Vec<Event>,
+    parsed_bytes: usize,
     pub ended: bool,
 }
 
@@ -262,12 +265,19 @@ pub struct Event {
 
 impl Sse {
     /// Reads chunks until `count` frames (keep-alive comments excluded) have arrived.
-    pub fn events(&mut self, count: usize) -> Vec<Event> {
-        while parse_frames(&self.body).len() < count {
-            assert!(!self.ended, "stream ended after {:?}", String::from_utf8_lossy(&self.body));
+    pub fn events(&mut self, count: usize) -> &[Event] {
+        loop {
+            let complete = self.body.windows(2).rposition(|pair| pair == b"\n\n").map_or(0, |at| at + 2);
+            if complete > self.parsed_bytes {
+                self.parsed.extend(parse_frames(&self.body[self.parsed_bytes..complete]));
+                self.parsed_bytes = complete;
+            }
+            if self.parsed.len() >= count {
+                return &self.parsed;
+            }
+            assert!(!self.ended, "stream ended after {} of {count} frames", self.parsed.len());
             self.read_chunk();
         }
-        parse_frames(&self.body)
     }
 
     /// Reads one chunk into `body`; records the terminator.
@@ -300,12 +310,13 @@ impl Sse {
 pub fn parse_frames(body: &[u8]) -> Vec<Event> {
     let text = std::str::from_utf8(body).expect("stream is ASCII");
     let complete = &text[..text.rfind("\n\n").map_or(0, |end| end + 2)];
+    let short = |frame: &str| frame.chars().take(200).collect::<String>();
     complete
         .split("\n\n")
         .filter(|frame| !frame.is_empty() && !frame.starts_with(':'))
         .map(|frame| {
             let field = |name: &str| {
-                frame.lines().find_map(|line| line.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {frame:?}"))
+                frame.lines().find_map(|line| line.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {:?}", short(frame)))
             };
             Event {
                 id: field("id:").parse().unwrap(),
