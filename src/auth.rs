@@ -1,7 +1,7 @@
 //! Who is asking: HS256 JWTs written by hand, HTTP Basic, Argon2id passwords,
 //! and the constant-time admin token check.
 
-use crate::http::Error;
+use crate::http::{Error, internal, unauthorized};
 use crate::store::{Store, User, lock};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -11,12 +11,12 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tokio::sync::Semaphore;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Most cached Basic credentials; past it the cache starts over.
+/// Most Basic credentials remembered; past it the cache starts over.
 const CACHE_LIMIT: usize = 100_000;
 
 /// Everything needed to authenticate a request; shared by all connections.
@@ -24,17 +24,17 @@ pub struct Auth {
     jwt_secret: Vec<u8>,
     jwt_expiry: u64,
     admin_token: String,
-    /// Argon2id costs ~20 MiB and tens of milliseconds per hash: at most one
+    /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
-    argon_permits: Arc<Semaphore>,
+    argon_permits: Semaphore,
     /// Random per process: keys the digests in `verified`.
     cache_key: [u8; 32],
-    /// username → keyed digest of a Basic password verified against the stored
+    /// username → keyed digest of a Basic password that matched the stored
     /// hash, so repeated Basic requests skip Argon2. The digest covers the
-    /// hash too, so a password change can never match an old entry.
+    /// hash too, so after a password change an old entry can never match.
     verified: Mutex<HashMap<String, [u8; 32]>>,
-    /// A real hash to verify against when the user does not exist, so a login
-    /// takes as long for unknown names as for wrong passwords.
+    /// A real hash to check against when the user does not exist, so a wrong
+    /// username takes as long as a wrong password.
     decoy: String,
 }
 
@@ -47,16 +47,17 @@ pub struct Caller {
 impl Auth {
     pub fn new(jwt_secret: &str, jwt_expiry: u64, admin_token: &str) -> Auth {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-        let mut cache_key = [0; 32];
         // uuid's v4 generator draws from the OS random source: reuse it.
-        cache_key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        cache_key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let random = [
+            uuid::Uuid::new_v4().into_bytes(),
+            uuid::Uuid::new_v4().into_bytes(),
+        ];
         Auth {
             jwt_secret: jwt_secret.as_bytes().to_vec(),
             jwt_expiry,
             admin_token: admin_token.to_string(),
-            argon_permits: Arc::new(Semaphore::new(cores)),
-            cache_key,
+            argon_permits: Semaphore::new(cores),
+            cache_key: random.concat().try_into().unwrap_or_default(),
             verified: Mutex::new(HashMap::new()),
             decoy: hash(&uuid::Uuid::new_v4().to_string()).unwrap_or_default(),
         }
@@ -65,88 +66,113 @@ impl Auth {
     pub fn check_admin(&self, token: &str) -> Result<(), Error> {
         match constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
             true => Ok(()),
-            false => Err(Error::unauthorized("wrong admin_token")),
+            false => Err(unauthorized("wrong admin_token")),
         }
     }
 
     /// A signed JWT for `username`, valid for `--jwt_expiry` seconds of NTP time.
     pub fn issue(&self, username: &str) -> String {
         let now = crate::clock::now();
-        let claims = json!({"sub": username, "iat": now, "exp": now + self.jwt_expiry, "iss": "Broker"});
+        let claims =
+            json!({"sub": username, "iat": now, "exp": now + self.jwt_expiry, "iss": "Broker"});
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let signature = URL_SAFE_NO_PAD.encode(self.mac(&signed).finalize().into_bytes());
-        format!("{signed}.{signature}")
+        let signature = hmac(&self.jwt_secret, &signed).finalize().into_bytes();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
     }
 
     /// The username and expiry of a valid token. Only HS256 is accepted, the
     /// signature is compared in constant time, and `exp` is enforced.
     fn verify_jwt(&self, token: &str) -> Result<(String, u64), Error> {
-        let invalid = || Error::unauthorized("invalid token");
+        let invalid = || unauthorized("invalid token");
         let (signed, signature) = token.rsplit_once('.').ok_or_else(invalid)?;
         let (header, claims) = signed.split_once('.').ok_or_else(invalid)?;
-        let header = decode_json(header).ok_or_else(invalid)?;
-        if header.get("alg").and_then(Value::as_str) != Some("HS256") {
+        let field = |json: &Value, name: &str| json.get(name).cloned().unwrap_or(Value::Null);
+        if field(&decode_json(header).ok_or_else(invalid)?, "alg") != "HS256" {
             return Err(invalid());
         }
         let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| invalid())?;
-        self.mac(signed).verify_slice(&signature).map_err(|_| invalid())?;
+        let mac = hmac(&self.jwt_secret, signed);
+        mac.verify_slice(&signature).map_err(|_| invalid())?;
         let claims = decode_json(claims).ok_or_else(invalid)?;
-        let expires = claims.get("exp").and_then(Value::as_u64).ok_or_else(invalid)?;
+        let expires = field(&claims, "exp").as_u64().ok_or_else(invalid)?;
         if expires <= crate::clock::now() {
-            return Err(Error::unauthorized("token expired"));
+            return Err(unauthorized("token expired"));
         }
-        if claims.get("iss").and_then(Value::as_str) != Some("Broker") {
-            return Err(invalid());
+        match (field(&claims, "iss") == "Broker", field(&claims, "sub")) {
+            (true, Value::String(username)) => Ok((username, expires)),
+            _ => Err(invalid()),
         }
-        let username = claims.get("sub").and_then(Value::as_str).ok_or_else(invalid)?;
-        Ok((username.to_string(), expires))
-    }
-
-    fn mac(&self, message: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&self.jwt_secret).expect("HMAC takes any key length");
-        mac.update(message.as_bytes());
-        mac
     }
 
     /// Authenticates an `Authorization: Bearer …` or `Basic …` header value.
     /// Revoked users are refused whatever they present.
     pub async fn authenticate(&self, store: &Store, header: Option<&str>) -> Result<Caller, Error> {
-        let header = header.ok_or_else(|| Error::unauthorized("missing Authorization header"))?;
+        let header = header.ok_or_else(|| unauthorized("missing Authorization header"))?;
         let (scheme, credentials) = header.split_once(' ').unwrap_or((header, ""));
-        let caller = if scheme.eq_ignore_ascii_case("bearer") {
-            let (username, expires) = self.verify_jwt(credentials.trim())?;
-            let user = store.user(&username)?.ok_or_else(|| Error::unauthorized("unknown user"))?;
-            Caller { user, expires: Some(expires) }
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let invalid = || Error::unauthorized("malformed Basic credentials");
-            let decoded = STANDARD.decode(credentials.trim()).map_err(|_| invalid())?;
-            let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
-            // The password is everything after the first colon; it may hold colons.
-            let (username, password) = decoded.split_once(':').ok_or_else(invalid)?;
-            let user = self.login(store, username, password).await?;
-            Caller { user, expires: None }
-        } else {
-            return Err(Error::unauthorized("unsupported Authorization scheme"));
+        let caller = match scheme.to_ascii_lowercase().as_str() {
+            "bearer" => {
+                let (username, expires) = self.verify_jwt(credentials.trim())?;
+                let user = store
+                    .user(&username)?
+                    .ok_or_else(|| unauthorized("unknown user"))?;
+                Caller {
+                    user,
+                    expires: Some(expires),
+                }
+            }
+            "basic" => {
+                let invalid = || unauthorized("malformed Basic credentials");
+                let decoded = STANDARD.decode(credentials.trim()).map_err(|_| invalid())?;
+                let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
+                // The password is everything after the first colon, colons and all.
+                let (username, password) = decoded.split_once(':').ok_or_else(invalid)?;
+                let user = self.login(store, username, password).await?;
+                Caller {
+                    user,
+                    expires: None,
+                }
+            }
+            _ => return Err(unauthorized("unsupported Authorization scheme")),
         };
-        match caller.user.revoked {
-            true => Err(Error::unauthorized("user is revoked")),
+        match caller.user.revoked() {
+            true => Err(unauthorized("user is revoked")),
             false => Ok(caller),
         }
     }
 
-    /// Checks a username and password; wrong either way is the same 401.
-    pub async fn login(&self, store: &Store, username: &str, password: &str) -> Result<User, Error> {
-        let wrong = || Error::unauthorized("wrong username or password");
+    /// Checks a username and password; either one wrong is the same 401.
+    pub async fn login(
+        &self,
+        store: &Store,
+        username: &str,
+        password: &str,
+    ) -> Result<User, Error> {
+        let wrong = || unauthorized("wrong username or password");
         let user = store.user(username)?;
-        let stored_hash = user.as_ref().map_or(&self.decoy, |user| &user.password);
-        let digest = self.digest(username, password, stored_hash);
+        let stored = user
+            .as_ref()
+            .map_or(&*self.decoy, |user| user.text("password"));
+        // Length-prefixed parts, so ("ab", "c") and ("a", "bc") differ.
+        let message = [username, password, stored].map(|part| format!("{}:{part}", part.len()));
+        let digest: [u8; 32] = hmac(&self.cache_key, &message.concat())
+            .finalize()
+            .into_bytes()
+            .into();
         if lock(&self.verified).get(username) == Some(&digest) {
             return user.ok_or_else(wrong);
         }
-        let (password, stored) = (password.to_string(), stored_hash.clone());
-        let matches = self.blocking(move || verify(&password, &stored)).await?;
-        let user = user.filter(|_| matches).ok_or_else(wrong)?;
+        let (password, stored) = (password.to_string(), stored.to_string());
+        let permit = self
+            .argon_permits
+            .acquire()
+            .await
+            .map_err(|_| internal("shutting down"))?;
+        let matches = tokio::task::spawn_blocking(move || verify(&password, &stored)).await;
+        drop(permit);
+        let user = user
+            .filter(|_| matches.unwrap_or(false))
+            .ok_or_else(wrong)?;
         let mut verified = lock(&self.verified);
         if verified.len() >= CACHE_LIMIT {
             verified.clear();
@@ -155,7 +181,7 @@ impl Auth {
         Ok(user)
     }
 
-    /// Drops the cached credential of a user whose password, tenant or
+    /// Drops a user's cached credential after its password, tenant or
     /// revocation changed, so the next Basic request is checked afresh.
     pub fn forget(&self, username: &str) {
         lock(&self.verified).remove(username);
@@ -163,24 +189,20 @@ impl Auth {
 
     /// Hashes a new password with Argon2id on the blocking pool.
     pub async fn hash(&self, password: String) -> Result<String, Error> {
-        self.blocking(move || hash(&password)).await?
-    }
-
-    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
-        let _permit = self.argon_permits.acquire().await.map_err(|_| Error::internal("shutting down"))?;
-        tokio::task::spawn_blocking(work)
+        let _permit = self
+            .argon_permits
+            .acquire()
             .await
-            .map_err(|_| Error::internal("password hashing failed"))
+            .map_err(|_| internal("shutting down"))?;
+        let hashed = tokio::task::spawn_blocking(move || hash(&password)).await;
+        hashed.map_err(|_| internal("password hashing failed"))?
     }
+}
 
-    fn digest(&self, username: &str, password: &str, stored_hash: &str) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(&self.cache_key).expect("HMAC takes any key length");
-        for part in [username, password, stored_hash] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part.as_bytes());
-        }
-        mac.finalize().into_bytes().into()
-    }
+fn hmac(key: &[u8], message: &str) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(message.as_bytes());
+    mac
 }
 
 /// Argon2id with OWASP's parameters: 19 MiB, 2 passes, 1 lane.
@@ -191,15 +213,22 @@ fn argon2() -> Argon2<'static> {
 
 fn hash(password: &str) -> Result<String, Error> {
     // A fresh random salt per hash, from the OS source via uuid v4.
-    let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes())
-        .map_err(|_| Error::internal("salt encoding failed"))?;
-    let hash = argon2().hash_password(password.as_bytes(), &salt);
-    Ok(hash.map_err(|_| Error::internal("password hashing failed"))?.to_string())
+    let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes());
+    let hash = salt.and_then(|salt| {
+        Ok(argon2()
+            .hash_password(password.as_bytes(), &salt)?
+            .to_string())
+    });
+    hash.map_err(|_| internal("password hashing failed"))
 }
 
 fn verify(password: &str, stored: &str) -> bool {
-    let Ok(stored) = PasswordHash::new(stored) else { return false };
-    argon2().verify_password(password.as_bytes(), &stored).is_ok()
+    let stored = PasswordHash::new(stored);
+    stored.is_ok_and(|stored| {
+        argon2()
+            .verify_password(password.as_bytes(), &stored)
+            .is_ok()
+    })
 }
 
 fn decode_json(part: &str) -> Option<Value> {

@@ -14,7 +14,9 @@ static STATE: AtomicU8 = AtomicU8::new(0);
 
 /// Unix time in milliseconds by the corrected clock.
 pub fn now_ms() -> u64 {
-    let local = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let local = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (local.as_millis() as i64 + OFFSET_MS.load(Ordering::Relaxed)).max(0) as u64
 }
 
@@ -25,8 +27,16 @@ pub fn now() -> u64 {
 
 /// Measures the offset once (start-up waits at most two seconds for it), then
 /// keeps correcting it every `interval` seconds in the background.
-pub async fn start(servers: Vec<String>, interval: u64) {
-    if tokio::time::timeout(Duration::from_secs(2), correct(&servers)).await.is_err() {
+pub async fn start(servers: &str, interval: u64) {
+    let servers: Vec<String> = servers
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if tokio::time::timeout(Duration::from_secs(2), correct(&servers))
+        .await
+        .is_err()
+    {
         report(false);
     }
     tokio::spawn(async move {
@@ -54,10 +64,18 @@ async fn correct(servers: &[String]) {
 }
 
 async fn offset(server: String) -> Option<f64> {
-    let server = if server.contains(':') { server } else { format!("{server}:123") };
+    let server = if server.contains(':') {
+        server
+    } else {
+        format!("{server}:123")
+    };
     // Resolve asynchronously: rsntp would resolve a name with blocking DNS.
     let address = tokio::net::lookup_host(server).await.ok()?.next()?;
-    let unspecified = if address.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let unspecified = if address.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let config = rsntp::Config::default()
         .bind_address(unspecified.parse().ok()?)
         .timeout(Duration::from_secs(1));

@@ -35,14 +35,28 @@ struct Subscriber {
 
 impl Hub {
     pub fn new() -> Hub {
-        Hub { tenants: Arc::default() }
+        Hub {
+            tenants: Arc::default(),
+        }
     }
 
     /// Registers a stream; its frames arrive on the returned receiver.
-    pub fn subscribe(&self, tenant: &str, username: &str, expires: Option<u64>) -> mpsc::Receiver<Bytes> {
+    pub fn subscribe(
+        &self,
+        tenant: &str,
+        username: &str,
+        expires: Option<u64>,
+    ) -> mpsc::Receiver<Bytes> {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let subscriber = Subscriber { username: username.to_string(), expires, sender };
-        lock(&self.tenants).entry(tenant.to_string()).or_default().push(subscriber);
+        let subscriber = Subscriber {
+            username: username.to_string(),
+            expires,
+            sender,
+        };
+        lock(&self.tenants)
+            .entry(tenant.to_string())
+            .or_default()
+            .push(subscriber);
         receiver
     }
 
@@ -78,7 +92,13 @@ impl Hub {
             self.retain(|subscriber| {
                 let alive = subscriber.expires.is_none_or(|expires| expires > now);
                 match ping {
-                    true => alive && subscriber.sender.try_send(Bytes::from_static(b":\n\n")).is_ok(),
+                    true => {
+                        alive
+                            && subscriber
+                                .sender
+                                .try_send(Bytes::from_static(b":\n\n"))
+                                .is_ok()
+                    }
                     false => alive && !subscriber.sender.is_closed(),
                 }
             });
@@ -103,7 +123,10 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(backlog: Backlog, receiver: mpsc::Receiver<Bytes>) -> Stream {
-        Stream { backlog: Some(backlog), receiver }
+        Stream {
+            backlog: Some(backlog),
+            receiver,
+        }
     }
 }
 
@@ -111,7 +134,10 @@ impl Body for Stream {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if let Some(backlog) = self.backlog.as_mut() {
             let mut batch = BytesMut::new();
             for frame in backlog.by_ref() {
@@ -125,7 +151,9 @@ impl Body for Stream {
                 return Poll::Ready(Some(Ok(Frame::data(batch.freeze()))));
             }
         }
-        self.receiver.poll_recv(context).map(|frame| frame.map(|frame| Ok(Frame::data(frame))))
+        self.receiver
+            .poll_recv(context)
+            .map(|frame| frame.map(|frame| Ok(Frame::data(frame))))
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -31,7 +31,9 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
     let code = match runtime.map(|runtime| runtime.block_on(run(config))) {
         Ok(Ok(())) => 0,
         Ok(Err(reason)) => {
@@ -50,12 +52,15 @@ async fn run(config: config::Config) -> Result<(), String> {
     for name in config.default_secrets() {
         eprintln!("warning: --{name} is the published default; set your own before going live");
     }
-    clock::start(config.ntp_servers.clone(), config.ntp_interval).await;
-    let store = store::Store::open(&config.db).map_err(|error| format!("cannot open --db {}: {error}", config.db.display()))?;
+    clock::start(&config.ntp_servers, config.ntp_interval).await;
+    let store = store::Store::open(&config.db)
+        .map_err(|error| format!("cannot open --db {}: {error}", config.db.display()))?;
     let tls = match (config.secure, config.auto_cert) {
         (false, _) => None,
         (true, false) => Some(tls::from_files(&config.key_path, &config.cert_path)?),
-        (true, true) => return Err("--auto_cert is not available yet; use --auto_cert=false".into()),
+        (true, true) => {
+            return Err("--auto_cert is not available yet; use --auto_cert=false".into());
+        }
     };
     let listener = TcpListener::bind(("0.0.0.0", config.port))
         .await
@@ -63,16 +68,27 @@ async fn run(config: config::Config) -> Result<(), String> {
     let hub = hub::Hub::new();
     tokio::spawn(hub.clone().maintain(config.keep_alive));
     let persisted = store.clone();
-    std::thread::spawn(move || loop {
-        // kill -9 cannot lose an acknowledged insert (it is in the OS already);
-        // this bounds what a power cut can lose to about a second.
-        std::thread::sleep(Duration::from_secs(1));
-        let _ = persisted.persist();
+    std::thread::spawn(move || {
+        loop {
+            // kill -9 cannot lose an acknowledged insert (it is in the OS already);
+            // this bounds what a power cut can lose to about a second.
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = persisted.persist();
+        }
     });
     let auth = auth::Auth::new(&config.jwt_secret, config.jwt_expiry, &config.admin_token);
     let scheme = if config.secure { "https" } else { "http" };
-    eprintln!("broker: serving {scheme} on port {} with --db {}", config.port, config.db.display());
-    let state = Arc::new(http::State { config, store: store.clone(), hub: hub.clone(), auth });
+    eprintln!(
+        "broker: serving {scheme} on port {} with --db {}",
+        config.port,
+        config.db.display()
+    );
+    let state = Arc::new(http::State {
+        config,
+        store: store.clone(),
+        hub: hub.clone(),
+        auth,
+    });
     let graceful = GracefulShutdown::new();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -105,15 +121,23 @@ async fn run(config: config::Config) -> Result<(), String> {
     eprintln!("broker: shutting down");
     drop(listener);
     hub.close_all();
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         eprintln!("broker: gave up waiting for open connections");
     }
-    store.persist().map_err(|error| format!("cannot persist the database: {error}"))
+    store
+        .persist()
+        .map_err(|error| format!("cannot persist the database: {error}"))
 }
 
 /// Serves HTTP/1.1 on one connection until it closes or shutdown drains it.
-async fn serve<I>(io: TokioIo<I>, state: Arc<http::State>, watcher: hyper_util::server::graceful::Watcher)
-where
+async fn serve<I>(
+    io: TokioIo<I>,
+    state: Arc<http::State>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| http::serve(state.clone(), request));
@@ -126,10 +150,11 @@ where
 }
 
 async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => return std::future::pending().await,
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}

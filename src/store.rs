@@ -6,10 +6,10 @@
 //!   stored ready to send so replay never re-encodes;
 //! - `l` + event name → id of the latest event with that name.
 
-use crate::http::Error;
+use crate::http::{Error, bad};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
@@ -37,45 +37,35 @@ struct Tenant {
     last_id: Mutex<u64>,
 }
 
-/// A user record. `password` is the Argon2id PHC string.
-pub struct User {
-    pub id: String,
-    pub username: String,
-    pub password: String,
-    pub tenant_name: String,
-    pub revoked: bool,
-    pub email: Option<String>,
-    pub data: Value,
+/// A user record as stored: `id` (UUID v4), `username`, `password` (the
+/// Argon2id PHC string), `tenant_name`, `revoked`, `email` (string or null)
+/// and `data` (any JSON). Kept as the JSON object it is stored as.
+pub struct User(pub Map<String, Value>);
+
+impl From<Value> for User {
+    fn from(record: Value) -> User {
+        match record {
+            Value::Object(fields) => User(fields),
+            _ => User(Map::new()),
+        }
+    }
 }
 
 impl User {
-    fn record(&self) -> Value {
-        json!({
-            "id": self.id, "username": self.username, "password": self.password,
-            "tenant_name": self.tenant_name, "revoked": self.revoked,
-            "email": self.email, "data": self.data,
-        })
+    /// A string field; `""` when absent.
+    pub fn text(&self, field: &str) -> &str {
+        self.0.get(field).and_then(Value::as_str).unwrap_or("")
     }
 
-    fn from_record(bytes: &[u8]) -> Option<User> {
-        let record: Value = serde_json::from_slice(bytes).ok()?;
-        let text = |field: &str| record.get(field)?.as_str().map(String::from);
-        Some(User {
-            id: text("id")?,
-            username: text("username")?,
-            password: text("password")?,
-            tenant_name: text("tenant_name")?,
-            revoked: record.get("revoked")?.as_bool()?,
-            email: text("email"),
-            data: record.get("data").cloned().unwrap_or(Value::Null),
-        })
+    pub fn revoked(&self) -> bool {
+        self.0.get("revoked") == Some(&Value::Bool(true))
     }
 
     /// The user as the API shows it: the password hash never leaves the server.
     pub fn public(&self) -> Value {
-        let mut record = self.record();
-        record["password"] = json!("***");
-        record
+        let mut fields = self.0.clone();
+        fields.insert("password".into(), json!("***"));
+        Value::Object(fields)
     }
 }
 
@@ -89,48 +79,66 @@ impl Store {
             user_writes: Mutex::new(()),
             tenants: Mutex::new(HashMap::new()),
         };
-        Ok(Store { shared: Arc::new(shared) })
+        Ok(Store {
+            shared: Arc::new(shared),
+        })
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
         let record = self.shared.users.get(username)?;
-        Ok(record.and_then(|bytes| User::from_record(&bytes)))
+        Ok(record
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .map(User))
     }
 
     pub fn users(&self) -> Result<Vec<User>, Error> {
         let mut users = Vec::new();
         for entry in self.shared.users.iter() {
-            users.extend(User::from_record(&entry.value()?));
+            users.extend(serde_json::from_slice(&entry.value()?).ok().map(User));
         }
         Ok(users)
     }
 
     /// Stores a new user; a taken username is a 400 and changes nothing.
-    pub fn create_user(&self, user: &User) -> Result<(), Error> {
+    pub fn create_user(&self, user: User) -> Result<(), Error> {
         let _writes = lock(&self.shared.user_writes);
-        if self.shared.users.contains_key(&user.username)? {
-            return Err(Error::bad("username already exists"));
+        if self.shared.users.contains_key(user.text("username"))? {
+            return Err(bad("username already exists"));
         }
         self.put(user)
     }
 
-    /// Applies `change` to a stored user atomically; an unknown user is a 400.
-    pub fn update_user(&self, username: &str, change: impl FnOnce(&mut User)) -> Result<User, Error> {
+    /// Sets fields of a stored user atomically; an unknown user is a 400.
+    pub fn update_user<'a>(
+        &self,
+        username: &str,
+        changes: impl IntoIterator<Item = (&'a str, Value)>,
+    ) -> Result<(), Error> {
         let _writes = lock(&self.shared.user_writes);
-        let mut user = self.user(username)?.ok_or_else(|| Error::bad("unknown user"))?;
-        change(&mut user);
-        self.put(&user)?;
-        Ok(user)
+        let mut user = self.user(username)?.ok_or_else(|| bad("unknown user"))?;
+        for (field, value) in changes {
+            user.0.insert(field.to_string(), value);
+        }
+        self.put(user)
     }
 
-    fn put(&self, user: &User) -> Result<(), Error> {
-        let record = user.record().to_string();
-        Ok(self.shared.users.insert(user.username.as_str(), record)?)
+    fn put(&self, user: User) -> Result<(), Error> {
+        let key = user.text("username").to_string();
+        Ok(self
+            .shared
+            .users
+            .insert(key, Value::Object(user.0).to_string())?)
     }
 
     /// Appends an event and returns its id. `publish` receives the frame while
     /// the tenant is still locked, so every stream sees ids in ascending order.
-    pub fn insert(&self, tenant: &str, name: &str, data: &Value, publish: impl FnOnce(Bytes)) -> Result<u64, Error> {
+    pub fn insert(
+        &self,
+        tenant: &str,
+        name: &str,
+        data: &Value,
+        publish: impl FnOnce(Bytes),
+    ) -> Result<u64, Error> {
         let tenant = self.tenant(tenant)?;
         let mut last_id = lock(&tenant.last_id);
         let id = *last_id + 1;
@@ -184,13 +192,19 @@ impl Store {
         if let Some(tenant) = tenants.get(name) {
             return Ok(tenant.clone());
         }
-        let events = self.shared.db.keyspace(&format!("tenant:{name}"), KeyspaceCreateOptions::default)?;
+        let events = self
+            .shared
+            .db
+            .keyspace(&format!("tenant:{name}"), KeyspaceCreateOptions::default)?;
         // The newest id is the last key of the log: no scan, whatever its size.
         let last_id = match events.range(key(b'e', &[])..key(b'f', &[])).next_back() {
             Some(entry) => entry.key()?.get(1..).and_then(id_of).unwrap_or(0),
             None => 0,
         };
-        let tenant = Arc::new(Tenant { events, last_id: Mutex::new(last_id) });
+        let tenant = Arc::new(Tenant {
+            events,
+            last_id: Mutex::new(last_id),
+        });
         tenants.insert(name.to_string(), tenant.clone());
         Ok(tenant)
     }
@@ -251,5 +265,7 @@ fn id_of(bytes: &[u8]) -> Option<u64> {
 /// Locks a mutex, ignoring poisoning: no critical section here leaves data
 /// half-written in memory, so a panic elsewhere must not wedge the server.
 pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

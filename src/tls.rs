@@ -14,14 +14,21 @@ pub fn from_files(key_path: &Path, cert_path: &Path) -> Result<TlsAcceptor, Stri
         .map_err(|error| format!("cannot read private key {}: {error}", key_path.display()))?;
     let chain = CertificateDer::pem_file_iter(cert_path)
         .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|error| format!("cannot read certificate chain {}: {error}", cert_path.display()))?;
+        .map_err(|error| {
+            format!(
+                "cannot read certificate chain {}: {error}",
+                cert_path.display()
+            )
+        })?;
     if chain.is_empty() {
         return Err(format!("no certificate in {}", cert_path.display()));
     }
-    let config = ServerConfig::builder_with_provider(Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
-        .map_err(|error| format!("invalid key or certificate: {error}"))?;
+    let config = ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+    .map_err(|error| format!("invalid key or certificate: {error}"))?;
     Ok(acceptor(config))
 }
 

@@ -9,7 +9,10 @@ fn health_answers_get_and_head() {
     let broker = Broker::start(&[]);
     let reply = broker.get("/", &[]);
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("access-control-allow-origin").as_deref(), Some("*"));
+    assert_eq!(
+        reply.header("access-control-allow-origin").as_deref(),
+        Some("*")
+    );
     let head = broker.request("HEAD", "/", &[], b"");
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
@@ -28,14 +31,21 @@ fn create_user_then_get_and_list_show_it_without_password() {
     assert_eq!(id.len(), 36);
     assert_eq!(&id[14..15], "4", "a UUID v4");
 
-    let user = broker.post("/get_user", &json!({"admin_token": ADMIN, "username": "bob"})).json();
+    let user = broker
+        .post(
+            "/get_user",
+            &json!({"admin_token": ADMIN, "username": "bob"}),
+        )
+        .json();
     let expected = json!({
         "id": id, "password": "***", "revoked": false, "tenant_name": "tenant_1", "username": "bob",
         "email": null, "data": {"name": "Robert Wieland", "image": ""}
     });
     assert_eq!(user, expected);
     broker.create_user("alice", "pw", "tenant_2");
-    let list = broker.post("/list_users", &json!({"admin_token": ADMIN})).json();
+    let list = broker
+        .post("/list_users", &json!({"admin_token": ADMIN}))
+        .json();
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 2);
     assert!(list.iter().all(|user| user["password"] == "***"));
@@ -45,7 +55,8 @@ fn create_user_then_get_and_list_show_it_without_password() {
 #[test]
 fn create_user_rejects_bad_input_without_storing_anything() {
     let broker = Broker::start(&[]);
-    let base = json!({"username": "bob", "password": "pw", "admin_token": ADMIN, "tenant_name": "t1"});
+    let base =
+        json!({"username": "bob", "password": "pw", "admin_token": ADMIN, "tenant_name": "t1"});
     let with = |field: &str, value: serde_json::Value| {
         let mut body = base.clone();
         body[field] = value;
@@ -56,28 +67,66 @@ fn create_user_rejects_bad_input_without_storing_anything() {
         body.as_object_mut().unwrap().remove(field);
         body
     };
-    broker.post("/create_user", &with("admin_token", json!("wrong"))).assert_error(401);
+    broker
+        .post("/create_user", &with("admin_token", json!("wrong")))
+        .assert_error(401);
     for field in ["username", "password", "tenant_name", "admin_token"] {
-        broker.post("/create_user", &without(field)).assert_error(400);
-        broker.post("/create_user", &with(field, json!(42))).assert_error(400);
+        broker
+            .post("/create_user", &without(field))
+            .assert_error(400);
+        broker
+            .post("/create_user", &with(field, json!(42)))
+            .assert_error(400);
     }
     for tenant in ["", "has space", "dots.not.allowed", "ü", &"x".repeat(65)] {
-        broker.post("/create_user", &with("tenant_name", json!(tenant))).assert_error(400);
+        broker
+            .post("/create_user", &with("tenant_name", json!(tenant)))
+            .assert_error(400);
     }
-    for email in ["not-an-email", "bob@mailinator.com", "x@guerrillamail.com", " bob@example.com"] {
-        broker.post("/create_user", &with("email", json!(email))).assert_error(400);
+    for email in [
+        "not-an-email",
+        "bob@mailinator.com",
+        "x@guerrillamail.com",
+        " bob@example.com",
+    ] {
+        broker
+            .post("/create_user", &with("email", json!(email)))
+            .assert_error(400);
     }
-    broker.post("/create_user", &with("password", json!(""))).assert_error(400);
-    broker.post("/create_user", &with("password", json!("p".repeat(1025)))).assert_error(400);
-    broker.post("/create_user", &with("username", json!("a:b"))).assert_error(400);
-    broker.post("/create_user", &with("username", json!(""))).assert_error(400);
-    let list = broker.post("/list_users", &json!({"admin_token": ADMIN})).json();
+    broker
+        .post("/create_user", &with("password", json!("")))
+        .assert_error(400);
+    broker
+        .post("/create_user", &with("password", json!("p".repeat(1025))))
+        .assert_error(400);
+    broker
+        .post("/create_user", &with("username", json!("a:b")))
+        .assert_error(400);
+    broker
+        .post("/create_user", &with("username", json!("")))
+        .assert_error(400);
+    let list = broker
+        .post("/list_users", &json!({"admin_token": ADMIN}))
+        .json();
     assert_eq!(list, json!([]), "no failed request may store a user");
 
-    assert_eq!(broker.post("/create_user", &with("email", json!("bob@example.com"))).status, 200);
+    assert_eq!(
+        broker
+            .post("/create_user", &with("email", json!("bob@example.com")))
+            .status,
+        200
+    );
     broker.post("/create_user", &base).assert_error(400); // duplicate username
     let tenant_64 = with("tenant_name", json!("A-z_0".repeat(12) + "abcd"));
-    assert_eq!(broker.post("/create_user", &with("username", json!("carol")).merge(tenant_64)).status, 200);
+    assert_eq!(
+        broker
+            .post(
+                "/create_user",
+                &with("username", json!("carol")).merge(tenant_64)
+            )
+            .status,
+        200
+    );
 }
 
 trait Merge {
@@ -98,10 +147,21 @@ fn login_issues_a_jwt_and_refuses_wrong_credentials() {
     broker.create_user("bob", "password1", "t1");
     let jwt = broker.login("bob", "password1");
     assert_eq!(jwt.split('.').count(), 3);
-    broker.post("/login", &json!({"username": "bob", "password": "nope"})).assert_error(401);
-    broker.post("/login", &json!({"username": "nobody", "password": "password1"})).assert_error(401);
-    broker.post("/login", &json!({"username": "bob"})).assert_error(400);
-    broker.post("/login", &json!({"password": "x"})).assert_error(400);
+    broker
+        .post("/login", &json!({"username": "bob", "password": "nope"}))
+        .assert_error(401);
+    broker
+        .post(
+            "/login",
+            &json!({"username": "nobody", "password": "password1"}),
+        )
+        .assert_error(401);
+    broker
+        .post("/login", &json!({"username": "bob"}))
+        .assert_error(400);
+    broker
+        .post("/login", &json!({"password": "x"}))
+        .assert_error(400);
     broker.post("/login", &json!(["bob"])).assert_error(400);
 }
 
@@ -120,9 +180,15 @@ fn verify_returns_the_user_for_jwt_and_basic() {
         assert!(user.get("password").is_none());
     }
     broker.get("/verify", &[]).assert_error(401);
-    broker.get("/verify", &[("Authorization", &basic("bob", "pa:ss"))]).assert_error(401);
-    broker.get("/verify", &[("Authorization", "Digest abc")]).assert_error(401);
-    broker.get("/verify", &[("Authorization", "Basic !!!notbase64")]).assert_error(401);
+    broker
+        .get("/verify", &[("Authorization", &basic("bob", "pa:ss"))])
+        .assert_error(401);
+    broker
+        .get("/verify", &[("Authorization", "Digest abc")])
+        .assert_error(401);
+    broker
+        .get("/verify", &[("Authorization", "Basic !!!notbase64")])
+        .assert_error(401);
 }
 
 #[test]
@@ -145,11 +211,19 @@ fn insert_returns_increasing_ids_and_validates_input() {
     ] {
         broker.post_as("/insert", &auth, &bad).assert_error(400);
     }
-    broker.post("/insert", &json!({"event": "x", "data": 1})).assert_error(401);
+    broker
+        .post("/insert", &json!({"event": "x", "data": 1}))
+        .assert_error(401);
     let wrong = [("Authorization", basic("bob", "wrong"))];
     let wrong: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    broker.post_as("/insert", &wrong, &json!({"event": "x", "data": 1})).assert_error(401);
-    assert_eq!(broker.insert(&jwt, &"x".repeat(256), &json!(1)), 3, "failed inserts use no id");
+    broker
+        .post_as("/insert", &wrong, &json!({"event": "x", "data": 1}))
+        .assert_error(401);
+    assert_eq!(
+        broker.insert(&jwt, &"x".repeat(256), &json!(1)),
+        3,
+        "failed inserts use no id"
+    );
 }
 
 #[test]
@@ -158,19 +232,69 @@ fn revoke_and_unrevoke_control_access() {
     broker.create_user("bob", "pw", "t1");
     let jwt = broker.login("bob", "pw");
     let admin = |path: &str, body: serde_json::Value| broker.post(path, &body);
-    admin("/revoke_user", json!({"admin_token": "wrong", "username": "bob"})).assert_error(401);
-    admin("/revoke_user", json!({"admin_token": ADMIN, "username": "ghost"})).assert_error(400);
+    admin(
+        "/revoke_user",
+        json!({"admin_token": "wrong", "username": "bob"}),
+    )
+    .assert_error(401);
+    admin(
+        "/revoke_user",
+        json!({"admin_token": ADMIN, "username": "ghost"}),
+    )
+    .assert_error(400);
     admin("/revoke_user", json!({"admin_token": ADMIN})).assert_error(400);
-    assert_eq!(admin("/revoke_user", json!({"admin_token": ADMIN, "username": "bob"})).status, 200);
-    assert_eq!(admin("/get_user", json!({"admin_token": ADMIN, "username": "bob"})).json()["revoked"], true);
-    broker.post("/login", &json!({"username": "bob", "password": "pw"})).assert_error(401);
-    broker.get("/verify", &[("Authorization", &bearer(&jwt))]).assert_error(401);
-    broker.get("/verify", &[("Authorization", &basic("bob", "pw"))]).assert_error(401);
-    broker.get("/sse", &[("Authorization", &bearer(&jwt))]).assert_error(401);
-    admin("/unrevoke_user", json!({"admin_token": "wrong", "username": "bob"})).assert_error(401);
-    admin("/unrevoke_user", json!({"admin_token": ADMIN, "username": "ghost"})).assert_error(400);
-    assert_eq!(admin("/unrevoke_user", json!({"admin_token": ADMIN, "username": "bob"})).status, 200);
-    assert_eq!(broker.get("/verify", &[("Authorization", &bearer(&jwt))]).status, 200);
+    assert_eq!(
+        admin(
+            "/revoke_user",
+            json!({"admin_token": ADMIN, "username": "bob"})
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        admin(
+            "/get_user",
+            json!({"admin_token": ADMIN, "username": "bob"})
+        )
+        .json()["revoked"],
+        true
+    );
+    broker
+        .post("/login", &json!({"username": "bob", "password": "pw"}))
+        .assert_error(401);
+    broker
+        .get("/verify", &[("Authorization", &bearer(&jwt))])
+        .assert_error(401);
+    broker
+        .get("/verify", &[("Authorization", &basic("bob", "pw"))])
+        .assert_error(401);
+    broker
+        .get("/sse", &[("Authorization", &bearer(&jwt))])
+        .assert_error(401);
+    admin(
+        "/unrevoke_user",
+        json!({"admin_token": "wrong", "username": "bob"}),
+    )
+    .assert_error(401);
+    admin(
+        "/unrevoke_user",
+        json!({"admin_token": ADMIN, "username": "ghost"}),
+    )
+    .assert_error(400);
+    assert_eq!(
+        admin(
+            "/unrevoke_user",
+            json!({"admin_token": ADMIN, "username": "bob"})
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        broker
+            .get("/verify", &[("Authorization", &bearer(&jwt))])
+            .status,
+        200
+    );
     broker.login("bob", "pw");
 }
 
@@ -178,11 +302,25 @@ fn revoke_and_unrevoke_control_access() {
 fn get_and_list_users_need_the_admin_token() {
     let broker = Broker::start(&[]);
     broker.create_user("bob", "pw", "t1");
-    broker.post("/list_users", &json!({"admin_token": "nope"})).assert_error(401);
+    broker
+        .post("/list_users", &json!({"admin_token": "nope"}))
+        .assert_error(401);
     broker.post("/list_users", &json!({})).assert_error(400);
-    broker.post("/get_user", &json!({"admin_token": "nope", "username": "bob"})).assert_error(401);
-    broker.post("/get_user", &json!({"admin_token": ADMIN, "username": "ghost"})).assert_error(400);
-    broker.post("/get_user", &json!({"admin_token": ADMIN})).assert_error(400);
+    broker
+        .post(
+            "/get_user",
+            &json!({"admin_token": "nope", "username": "bob"}),
+        )
+        .assert_error(401);
+    broker
+        .post(
+            "/get_user",
+            &json!({"admin_token": ADMIN, "username": "ghost"}),
+        )
+        .assert_error(400);
+    broker
+        .post("/get_user", &json!({"admin_token": ADMIN}))
+        .assert_error(400);
 }
 
 #[test]
@@ -191,27 +329,44 @@ fn update_user_changes_only_given_fields() {
     let body = json!({"username": "bob", "password": "old", "admin_token": ADMIN, "tenant_name": "t1",
         "email": "bob@example.com", "data": {"name": "Robert"}});
     assert_eq!(broker.post("/create_user", &body).status, 200);
-    let get = || broker.post("/get_user", &json!({"admin_token": ADMIN, "username": "bob"})).json();
+    let get = || {
+        broker
+            .post(
+                "/get_user",
+                &json!({"admin_token": ADMIN, "username": "bob"}),
+            )
+            .json()
+    };
     let before = get();
 
     let update = |fields: serde_json::Value| {
         let mut body = json!({"admin_token": ADMIN, "username": "bob"});
-        body.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        body.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
         broker.post("/update_user", &body)
     };
-    assert_eq!(update(json!({"data": {"name": "Robert Falcon"}})).status, 200);
+    assert_eq!(
+        update(json!({"data": {"name": "Robert Falcon"}})).status,
+        200
+    );
     let after = get();
     assert_eq!(after["data"], json!({"name": "Robert Falcon"}));
     assert_eq!(after["email"], before["email"]);
     assert_eq!(after["tenant_name"], "t1");
     broker.login("bob", "old");
 
-    assert_eq!(update(json!({"password": "new", "tenant_name": "t2", "email": ""})).status, 200);
+    assert_eq!(
+        update(json!({"password": "new", "tenant_name": "t2", "email": ""})).status,
+        200
+    );
     let after = get();
     assert_eq!(after["tenant_name"], "t2");
     assert_eq!(after["email"], json!(null));
     assert_eq!(after["id"], before["id"]);
-    broker.post("/login", &json!({"username": "bob", "password": "old"})).assert_error(401);
+    broker
+        .post("/login", &json!({"username": "bob", "password": "old"}))
+        .assert_error(401);
     broker.login("bob", "new");
 
     // Every field is checked before anything is written.
@@ -221,9 +376,21 @@ fn update_user_changes_only_given_fields() {
     update(json!({"password": "", "data": 1})).assert_error(400);
     update(json!({"password": 7})).assert_error(400);
     assert_eq!(get(), snapshot);
-    broker.post("/update_user", &json!({"admin_token": "x", "username": "bob"})).assert_error(401);
-    broker.post("/update_user", &json!({"admin_token": ADMIN, "username": "ghost"})).assert_error(400);
-    broker.post("/update_user", &json!({"admin_token": ADMIN})).assert_error(400);
+    broker
+        .post(
+            "/update_user",
+            &json!({"admin_token": "x", "username": "bob"}),
+        )
+        .assert_error(401);
+    broker
+        .post(
+            "/update_user",
+            &json!({"admin_token": ADMIN, "username": "ghost"}),
+        )
+        .assert_error(400);
+    broker
+        .post("/update_user", &json!({"admin_token": ADMIN}))
+        .assert_error(400);
 }
 
 #[test]
@@ -247,14 +414,32 @@ fn unknown_paths_wrong_methods_and_large_bodies() {
 #[test]
 fn cors_on_every_response_and_preflight_anywhere() {
     let broker = Broker::start(&["--origin=https://app.example.com"]);
-    for reply in [broker.get("/", &[]), broker.get("/nope", &[]), broker.post("/login", &json!({}))] {
-        assert_eq!(reply.header("access-control-allow-origin").as_deref(), Some("https://app.example.com"));
+    for reply in [
+        broker.get("/", &[]),
+        broker.get("/nope", &[]),
+        broker.post("/login", &json!({})),
+    ] {
+        assert_eq!(
+            reply.header("access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
     }
     for path in ["/insert", "/sse", "/whatever"] {
-        let reply = broker.request("OPTIONS", path, &[("Access-Control-Request-Method", "POST")], b"");
+        let reply = broker.request(
+            "OPTIONS",
+            path,
+            &[("Access-Control-Request-Method", "POST")],
+            b"",
+        );
         assert_eq!(reply.status, 204);
-        assert_eq!(reply.header("access-control-allow-origin").as_deref(), Some("https://app.example.com"));
-        assert_eq!(reply.header("access-control-allow-methods").as_deref(), Some("GET, POST, OPTIONS"));
+        assert_eq!(
+            reply.header("access-control-allow-origin").as_deref(),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            reply.header("access-control-allow-methods").as_deref(),
+            Some("GET, POST, OPTIONS")
+        );
         let headers = reply.header("access-control-allow-headers").unwrap();
         for name in ["authorization", "content-type", "last-event-id"] {
             assert!(headers.contains(name), "{headers}");
@@ -264,6 +449,14 @@ fn cors_on_every_response_and_preflight_anywhere() {
     broker.create_user("bob", "pw", "t1");
     let jwt = broker.login("bob", "pw");
     let sse = broker.sse(&[("Authorization", &bearer(&jwt))]);
-    assert!(sse.head.to_ascii_lowercase().contains("access-control-allow-origin: https://app.example.com"));
-    assert!(sse.head.to_ascii_lowercase().contains("content-type: text/event-stream"));
+    assert!(
+        sse.head
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example.com")
+    );
+    assert!(
+        sse.head
+            .to_ascii_lowercase()
+            .contains("content-type: text/event-stream")
+    );
 }

@@ -16,7 +16,10 @@ fn sign(secret: &str, header: &Value, claims: &Value) -> String {
     );
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(signed.as_bytes());
-    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    format!(
+        "{signed}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
 fn decode(part: &str) -> Value {
@@ -24,11 +27,16 @@ fn decode(part: &str) -> Value {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn verify_status(broker: &Broker, jwt: &str) -> u16 {
-    broker.get("/verify", &[("Authorization", &bearer(jwt))]).status
+    broker
+        .get("/verify", &[("Authorization", &bearer(jwt))])
+        .status
 }
 
 #[test]
@@ -56,36 +64,70 @@ fn forged_tampered_and_foreign_tokens_are_refused() {
     let jwt = broker.login("eve", "pw");
     let header = json!({"alg": "HS256", "typ": "JWT"});
     let claims = json!({"sub": "bob", "iat": now(), "exp": now() + 600, "iss": "Broker"});
-    assert_eq!(verify_status(&broker, &sign("secret", &header, &claims)), 200, "a correctly signed token works");
+    assert_eq!(
+        verify_status(&broker, &sign("secret", &header, &claims)),
+        200,
+        "a correctly signed token works"
+    );
 
     // Eve swaps the subject but keeps her signature.
     let parts: Vec<&str> = jwt.split('.').collect();
     let mut eve = decode(parts[1]);
     eve["sub"] = json!("bob");
-    let swapped = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(eve.to_string()), parts[2]);
+    let swapped = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(eve.to_string()),
+        parts[2]
+    );
     assert_eq!(verify_status(&broker, &swapped), 401);
     // One flipped signature character.
     let mut flipped = jwt.clone().into_bytes();
     let last = flipped.len() - 2;
     flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
-    assert_eq!(verify_status(&broker, &String::from_utf8(flipped).unwrap()), 401);
+    assert_eq!(
+        verify_status(&broker, &String::from_utf8(flipped).unwrap()),
+        401
+    );
     // alg none, with and without a signature.
     let none = json!({"alg": "none", "typ": "JWT"});
-    let unsigned = format!("{}.{}.", URL_SAFE_NO_PAD.encode(none.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(none.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
     assert_eq!(verify_status(&broker, &unsigned), 401);
     assert_eq!(verify_status(&broker, &sign("secret", &none, &claims)), 401);
     // Another algorithm name over an HMAC signature.
-    assert_eq!(verify_status(&broker, &sign("secret", &json!({"alg": "HS512"}), &claims)), 401);
+    assert_eq!(
+        verify_status(&broker, &sign("secret", &json!({"alg": "HS512"}), &claims)),
+        401
+    );
     // The wrong secret.
-    assert_eq!(verify_status(&broker, &sign("not-the-secret", &header, &claims)), 401);
+    assert_eq!(
+        verify_status(&broker, &sign("not-the-secret", &header, &claims)),
+        401
+    );
     // Expired, wrong issuer, missing claims, unknown user.
     let expired = json!({"sub": "bob", "iat": now() - 100, "exp": now() - 1, "iss": "Broker"});
-    assert_eq!(verify_status(&broker, &sign("secret", &header, &expired)), 401);
+    assert_eq!(
+        verify_status(&broker, &sign("secret", &header, &expired)),
+        401
+    );
     let issuer = json!({"sub": "bob", "iat": now(), "exp": now() + 60, "iss": "Other"});
-    assert_eq!(verify_status(&broker, &sign("secret", &header, &issuer)), 401);
-    assert_eq!(verify_status(&broker, &sign("secret", &header, &json!({"sub": "bob"}))), 401);
+    assert_eq!(
+        verify_status(&broker, &sign("secret", &header, &issuer)),
+        401
+    );
+    assert_eq!(
+        verify_status(&broker, &sign("secret", &header, &json!({"sub": "bob"}))),
+        401
+    );
     let ghost = json!({"sub": "ghost", "iat": now(), "exp": now() + 60, "iss": "Broker"});
-    assert_eq!(verify_status(&broker, &sign("secret", &header, &ghost)), 401);
+    assert_eq!(
+        verify_status(&broker, &sign("secret", &header, &ghost)),
+        401
+    );
     for garbage in ["", "a", "a.b", "a.b.c", "...", "ü.ü.ü", &"A".repeat(5000)] {
         assert_eq!(verify_status(&broker, garbage), 401, "{garbage:?}");
     }
@@ -118,7 +160,11 @@ fn tokens_expire_after_jwt_expiry() {
 fn basic_password_may_contain_colons_and_changes_take_effect_at_once() {
     let broker = Broker::start(&[]);
     broker.create_user("bob", "a:b::c:", "t1");
-    let status = |password: &str| broker.get("/verify", &[("Authorization", &basic("bob", password))]).status;
+    let status = |password: &str| {
+        broker
+            .get("/verify", &[("Authorization", &basic("bob", password))])
+            .status
+    };
     assert_eq!(status("a:b::c:"), 200);
     assert_eq!(status("a:b::c:"), 200, "cached credential");
     assert_eq!(status("a:b::c"), 401);
@@ -129,9 +175,25 @@ fn basic_password_may_contain_colons_and_changes_take_effect_at_once() {
     assert_eq!(status("a:b::c:"), 401);
     assert_eq!(status("fresh"), 200);
     // Revocation beats the cache, unrevoking restores it.
-    assert_eq!(broker.post("/revoke_user", &json!({"admin_token": ADMIN, "username": "bob"})).status, 200);
+    assert_eq!(
+        broker
+            .post(
+                "/revoke_user",
+                &json!({"admin_token": ADMIN, "username": "bob"})
+            )
+            .status,
+        200
+    );
     assert_eq!(status("fresh"), 401);
-    assert_eq!(broker.post("/unrevoke_user", &json!({"admin_token": ADMIN, "username": "bob"})).status, 200);
+    assert_eq!(
+        broker
+            .post(
+                "/unrevoke_user",
+                &json!({"admin_token": ADMIN, "username": "bob"})
+            )
+            .status,
+        200
+    );
     assert_eq!(status("fresh"), 200);
 }
 
@@ -140,11 +202,21 @@ fn a_tenant_move_takes_effect_for_cached_basic_credentials() {
     let broker = Broker::start(&[]);
     broker.create_user("bob", "pw", "t1");
     let auth = basic("bob", "pw");
-    assert_eq!(broker.get("/verify", &[("Authorization", &auth)]).json()["tenant_name"], "t1");
+    assert_eq!(
+        broker.get("/verify", &[("Authorization", &auth)]).json()["tenant_name"],
+        "t1"
+    );
     let update = json!({"admin_token": ADMIN, "username": "bob", "tenant_name": "t2"});
     assert_eq!(broker.post("/update_user", &update).status, 200);
-    assert_eq!(broker.get("/verify", &[("Authorization", &auth)]).json()["tenant_name"], "t2");
-    let reply = broker.post_as("/insert", &[("Authorization", &auth)], &json!({"event": "e", "data": 1}));
+    assert_eq!(
+        broker.get("/verify", &[("Authorization", &auth)]).json()["tenant_name"],
+        "t2"
+    );
+    let reply = broker.post_as(
+        "/insert",
+        &[("Authorization", &auth)],
+        &json!({"event": "e", "data": 1}),
+    );
     assert_eq!(reply.status, 200);
     // The event landed in t2: a t2 user sees it, a t1 user does not.
     broker.create_user("t1user", "pw", "t1");

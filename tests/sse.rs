@@ -23,12 +23,27 @@ fn connect_syncs_the_latest_event_of_each_name_then_goes_live() {
     assert_eq!(
         synced,
         [
-            Event { id: 2, event: "chat".into(), data: json!({"v": 2}) },
-            Event { id: 3, event: "profile".into(), data: json!({"v": 3}) },
+            Event {
+                id: 2,
+                event: "chat".into(),
+                data: json!({"v": 2})
+            },
+            Event {
+                id: 3,
+                event: "profile".into(),
+                data: json!({"v": 3})
+            },
         ]
     );
     broker.insert(&jwt, "chat", &json!("live"));
-    assert_eq!(stream.events(3)[2], Event { id: 4, event: "chat".into(), data: json!("live") });
+    assert_eq!(
+        stream.events(3)[2],
+        Event {
+            id: 4,
+            event: "chat".into(),
+            data: json!("live")
+        }
+    );
 }
 
 #[test]
@@ -36,7 +51,10 @@ fn the_wire_format_is_exact_ascii_with_escaped_unicode() {
     let broker = Broker::start(&[]);
     let jwt = user(&broker, "bob", "t1");
     let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
-    assert!(stream.quiet_for(Duration::from_millis(200)), "no frames for an empty tenant");
+    assert!(
+        stream.quiet_for(Duration::from_millis(200)),
+        "no frames for an empty tenant"
+    );
     let data = json!({"name": "Zoë", "emoji": "😀", "n": [1, 2.5, null, true], "q": "a\"b\\c"});
     broker.insert(&jwt, "user.update", &data);
     stream.events(1);
@@ -58,7 +76,14 @@ fn events_reach_every_stream_of_the_tenant_and_no_other() {
     broker.insert(&mallory, "other", &json!("for t2"));
     assert_eq!(alice_stream.events(1)[0].data, json!("for t1"));
     assert_eq!(bob_stream.events(1)[0].data, json!("for t1"));
-    assert_eq!(mallory_stream.events(1), [Event { id: 1, event: "other".into(), data: json!("for t2") }]);
+    assert_eq!(
+        mallory_stream.events(1),
+        [Event {
+            id: 1,
+            event: "other".into(),
+            data: json!("for t2")
+        }]
+    );
     assert!(mallory_stream.quiet_for(Duration::from_millis(300)));
     assert!(alice_stream.quiet_for(Duration::from_millis(100)));
     // Each tenant counts its own ids.
@@ -81,7 +106,12 @@ fn last_event_id_replays_everything_after_it_then_goes_live() {
     assert_eq!(from_zero.events(6).len(), 6);
     let mut ahead = broker.sse(&[("Authorization", &bearer(&jwt)), ("Last-Event-ID", "99")]);
     assert!(ahead.quiet_for(Duration::from_millis(200)));
-    broker.get("/sse", &[("Authorization", &bearer(&jwt)), ("Last-Event-ID", "abc")]).assert_error(400);
+    broker
+        .get(
+            "/sse",
+            &[("Authorization", &bearer(&jwt)), ("Last-Event-ID", "abc")],
+        )
+        .assert_error(400);
 }
 
 #[test]
@@ -94,7 +124,11 @@ fn revocation_and_credential_changes_end_open_streams_cleanly() {
         json!({"path": "/update_user", "password": "new"}),
         json!({"path": "/update_user", "tenant_name": "t9"}),
     ] {
-        let jwt = if change["path"] == "/revoke_user" { jwt.clone() } else { broker.login("bob", "pw") };
+        let jwt = if change["path"] == "/revoke_user" {
+            jwt.clone()
+        } else {
+            broker.login("bob", "pw")
+        };
         let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
         let mut bystander = broker.sse(&[("Authorization", &bearer(&other))]);
         let mut body = change.clone();
@@ -102,13 +136,27 @@ fn revocation_and_credential_changes_end_open_streams_cleanly() {
         body["admin_token"] = json!(ADMIN);
         body["username"] = json!("bob");
         let started = Instant::now();
-        assert_eq!(broker.post(change["path"].as_str().unwrap(), &body).status, 200);
+        assert_eq!(
+            broker.post(change["path"].as_str().unwrap(), &body).status,
+            200
+        );
         stream.wait_end(Duration::from_secs(2));
-        assert!(started.elapsed() < Duration::from_secs(1), "{change}: took {:?}", started.elapsed());
-        assert!(bystander.quiet_for(Duration::from_millis(100)), "other users keep streaming");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{change}: took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            bystander.quiet_for(Duration::from_millis(100)),
+            "other users keep streaming"
+        );
         // Put bob back as he was for the next round.
-        let restore = json!({"admin_token": ADMIN, "username": "bob", "password": "pw", "tenant_name": "t1"});
-        broker.post("/unrevoke_user", &json!({"admin_token": ADMIN, "username": "bob"}));
+        let restore =
+            json!({"admin_token": ADMIN, "username": "bob", "password": "pw", "tenant_name": "t1"});
+        broker.post(
+            "/unrevoke_user",
+            &json!({"admin_token": ADMIN, "username": "bob"}),
+        );
         assert_eq!(broker.post("/update_user", &restore).status, 200);
     }
 }
@@ -122,8 +170,14 @@ fn a_stream_ends_when_its_jwt_expires() {
     let mut basic_stream = broker.sse(&[("Authorization", &basic("bob", "pw"))]);
     jwt_stream.wait_end(Duration::from_secs(5));
     let lasted = started.elapsed();
-    assert!(lasted >= Duration::from_millis(900) && lasted < Duration::from_secs(4), "{lasted:?}");
-    assert!(basic_stream.quiet_for(Duration::from_millis(500)), "Basic streams have no expiry");
+    assert!(
+        lasted >= Duration::from_millis(900) && lasted < Duration::from_secs(4),
+        "{lasted:?}"
+    );
+    assert!(
+        basic_stream.quiet_for(Duration::from_millis(500)),
+        "Basic streams have no expiry"
+    );
 }
 
 #[test]
@@ -158,13 +212,24 @@ fn a_subscriber_that_stops_reading_is_cut_off_without_slowing_others() {
         broker.insert(&jwt, "bulk", &payload);
     }
     let inserting = started.elapsed();
-    assert_eq!(received.recv_timeout(Duration::from_secs(60)).unwrap(), total);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(60)).unwrap(),
+        total
+    );
     reading.join().unwrap();
     // The stalled stream got a prefix, then a clean end: it resumes with Last-Event-ID.
     stalled.wait_end(Duration::from_secs(30));
     let got = parse_frames(&stalled.body);
-    assert!(got.len() < total, "the stalled stream was cut off ({} of {total})", got.len());
-    assert!(got.iter().enumerate().all(|(index, event)| event.id == index as u64 + 1));
+    assert!(
+        got.len() < total,
+        "the stalled stream was cut off ({} of {total})",
+        got.len()
+    );
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(index, event)| event.id == index as u64 + 1)
+    );
     eprintln!("{total} inserts of 64 KiB with a stalled subscriber took {inserting:?}");
 }
 

@@ -36,20 +36,34 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|line| {
             let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
         })
     }
 
     /// Asserts the status and that the body is `{"error": "<non-empty>"}`.
     pub fn assert_error(&self, status: u16) {
-        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
         let error = self.json()["error"].as_str().map(str::to_string);
-        assert!(error.is_some_and(|e| !e.is_empty()), "no error message: {:?}", self.json());
+        assert!(
+            error.is_some_and(|e| !e.is_empty()),
+            "no error message: {:?}",
+            self.json()
+        );
     }
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Broker {
@@ -65,7 +79,12 @@ impl Broker {
     pub fn start_on(db: &Path, args: &[&str]) -> Broker {
         let port = free_port();
         let child = Broker::command(db, port, args).spawn().unwrap();
-        let broker = Broker { port, db: db.to_path_buf(), child, _dir: None };
+        let broker = Broker {
+            port,
+            db: db.to_path_buf(),
+            child,
+            _dir: None,
+        };
         broker.wait_ready();
         broker
     }
@@ -114,7 +133,9 @@ impl Broker {
 
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
         stream
     }
 
@@ -125,8 +146,15 @@ impl Broker {
         read_reply(&mut BufReader::new(stream))
     }
 
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -153,19 +181,41 @@ impl Broker {
     pub fn create_user(&self, username: &str, password: &str, tenant: &str) -> Value {
         let body = json!({"username": username, "password": password, "admin_token": ADMIN, "tenant_name": tenant});
         let reply = self.post("/create_user", &body);
-        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         reply.json()
     }
 
     pub fn login(&self, username: &str, password: &str) -> String {
-        let reply = self.post("/login", &json!({"username": username, "password": password}));
-        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        let reply = self.post(
+            "/login",
+            &json!({"username": username, "password": password}),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         reply.json()["jwt"].as_str().unwrap().to_string()
     }
 
     pub fn insert(&self, jwt: &str, event: &str, data: &Value) -> u64 {
-        let reply = self.post_as("/insert", &[("Authorization", &bearer(jwt))], &json!({"event": event, "data": data}));
-        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        let reply = self.post_as(
+            "/insert",
+            &[("Authorization", &bearer(jwt))],
+            &json!({"event": event, "data": data}),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         reply.json()["id"].as_u64().unwrap()
     }
 
@@ -181,8 +231,19 @@ impl Broker {
         let mut reader = BufReader::new(stream);
         let (status, head) = read_head(&mut reader);
         assert_eq!(status, 200, "sse refused: {head}");
-        assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
-        Sse { reader, head, body: Vec::new(), parsed: Vec::new(), parsed_bytes: 0, ended: false }
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        Sse {
+            reader,
+            head,
+            body: Vec::new(),
+            parsed: Vec::new(),
+            parsed_bytes: 0,
+            ended: false,
+        }
     }
 }
 
@@ -199,7 +260,8 @@ pub fn bearer(jwt: &str) -> String {
 
 pub fn basic(username: &str, password: &str) -> String {
     use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
     format!("Basic {encoded}")
 }
 
@@ -212,7 +274,11 @@ fn read_head(reader: &mut impl BufRead) -> (u16, String) {
         }
         head.push_str(&line);
     }
-    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
     (status, head)
 }
 
@@ -235,7 +301,10 @@ fn read_reply(reader: &mut impl BufRead) -> Reply {
 fn read_chunk(reader: &mut impl BufRead) -> Option<Vec<u8>> {
     let mut size = String::new();
     reader.read_line(&mut size).unwrap();
-    assert!(!size.is_empty(), "connection closed without the chunked terminator");
+    assert!(
+        !size.is_empty(),
+        "connection closed without the chunked terminator"
+    );
     let size = usize::from_str_radix(size.trim(), 16).unwrap();
     let mut chunk = vec![0; size + 2];
     reader.read_exact(&mut chunk).unwrap();
@@ -267,15 +336,24 @@ impl Sse {
     /// Reads chunks until `count` frames (keep-alive comments excluded) have arrived.
     pub fn events(&mut self, count: usize) -> &[Event] {
         loop {
-            let complete = self.body.windows(2).rposition(|pair| pair == b"\n\n").map_or(0, |at| at + 2);
+            let complete = self
+                .body
+                .windows(2)
+                .rposition(|pair| pair == b"\n\n")
+                .map_or(0, |at| at + 2);
             if complete > self.parsed_bytes {
-                self.parsed.extend(parse_frames(&self.body[self.parsed_bytes..complete]));
+                self.parsed
+                    .extend(parse_frames(&self.body[self.parsed_bytes..complete]));
                 self.parsed_bytes = complete;
             }
             if self.parsed.len() >= count {
                 return &self.parsed;
             }
-            assert!(!self.ended, "stream ended after {} of {count} frames", self.parsed.len());
+            assert!(
+                !self.ended,
+                "stream ended after {} of {count} frames",
+                self.parsed.len()
+            );
             self.read_chunk();
         }
     }
@@ -300,8 +378,15 @@ impl Sse {
     /// Whether nothing more arrives within `wait`.
     pub fn quiet_for(&mut self, wait: Duration) -> bool {
         self.reader.get_ref().set_read_timeout(Some(wait)).unwrap();
-        let quiet = self.reader.fill_buf().map(|buffer| buffer.is_empty()).is_err();
-        self.reader.get_ref().set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let quiet = self
+            .reader
+            .fill_buf()
+            .map(|buffer| buffer.is_empty())
+            .is_err();
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
         quiet
     }
 }
@@ -316,7 +401,10 @@ pub fn parse_frames(body: &[u8]) -> Vec<Event> {
         .filter(|frame| !frame.is_empty() && !frame.starts_with(':'))
         .map(|frame| {
             let field = |name: &str| {
-                frame.lines().find_map(|line| line.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in {:?}", short(frame)))
+                frame
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {:?}", short(frame)))
             };
             Event {
                 id: field("id:").parse().unwrap(),

@@ -1,0 +1,320 @@
+//! Flags, persistence, shutdown, and hostile or broken clients.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn run_broker(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_broker"));
+    command.args(args).envs(env.iter().copied());
+    command.output().unwrap()
+}
+
+#[test]
+fn help_lists_every_flag_with_its_default() {
+    let output = run_broker(&["--help"], &[]);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for flag in [
+        "origin",
+        "port",
+        "jwt_expiry",
+        "jwt_secret",
+        "secure",
+        "auto_cert",
+        "key_path",
+        "cert_path",
+        "certs",
+        "db",
+        "domain",
+        "admin_token",
+        "keep_alive",
+        "max_body",
+        "ntp_servers",
+        "ntp_interval",
+        "acme_directory",
+        "acme_ca",
+    ] {
+        assert!(
+            help.contains(&format!("--{flag} ")),
+            "--{flag} missing from:\n{help}"
+        );
+    }
+    assert!(
+        help.contains("\"letmein\"") && help.contains("\"8080\"") && help.contains("\"86400\"")
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    for args in [
+        &["--nope"][..],
+        &["--port=abc"],
+        &["--port", "70000"],
+        &["--secure=maybe"],
+        &["--jwt_expiry=-5"],
+        &["--keep_alive"],
+        &["positional"],
+        &["--secure", "--auto_cert=true"],
+    ] {
+        let output = run_broker(args, &[]);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn flags_take_every_syntax_and_the_environment_with_flags_winning() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut command = Broker::command(
+        &dir.path().join("db"),
+        port,
+        &["--admin_token", "from-flag", "--secure=false"],
+    );
+    command
+        .env("BROKER_ADMIN_TOKEN", "from-env")
+        .env("BROKER_ORIGIN", "https://env.example");
+    let mut child = command.spawn().unwrap();
+    let broker_port = port;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", broker_port)).unwrap();
+    let body = json!({"admin_token": "from-flag"}).to_string();
+    let request = format!(
+        "POST /list_users HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://env.example")
+    );
+}
+
+#[test]
+fn default_secrets_draw_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut command = Broker::command(&dir.path().join("db"), port, &[]);
+    command.stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(
+        stderr.contains("warning")
+            && stderr.contains("admin_token")
+            && stderr.contains("jwt_secret"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn data_survives_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let broker = Broker::start_on(&db, &[]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    broker.insert(&jwt, "a", &json!(1));
+    broker.insert(&jwt, "b", &json!(2));
+    assert_eq!(broker.stop(), Some(0));
+    let broker = Broker::start_on(&db, &[]);
+    let jwt = broker.login("bob", "pw");
+    let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
+    assert_eq!(
+        stream
+            .events(2)
+            .iter()
+            .map(|event| event.id)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        broker.insert(&jwt, "a", &json!(3)),
+        3,
+        "ids continue after a restart"
+    );
+}
+
+#[test]
+fn every_acknowledged_insert_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let broker = Broker::start_on(&db, &[]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    let total = 200;
+    for n in 1..=total {
+        assert_eq!(
+            broker.insert(&jwt, &format!("e{}", n % 7), &json!({"n": n})),
+            n
+        );
+    }
+    broker.kill9();
+    let broker = Broker::start_on(&db, &[]);
+    let mut stream = broker.sse(&[
+        ("Authorization", &basic("bob", "pw")),
+        ("Last-Event-ID", "0"),
+    ]);
+    let events = stream.events(total as usize);
+    assert_eq!(events.len(), total as usize);
+    for (index, event) in events.iter().enumerate() {
+        assert_eq!(event.data, json!({"n": index + 1}));
+    }
+    assert_eq!(broker.insert(&jwt, "after", &json!(0)), total + 1);
+}
+
+#[test]
+fn sigterm_ends_streams_cleanly_and_exits_promptly() {
+    let broker = Broker::start(&[]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
+    let pid = broker.pid();
+    let started = Instant::now();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    stream.wait_end(Duration::from_secs(5));
+    assert_eq!(broker.stop(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn hostile_requests_change_nothing_and_the_server_keeps_serving() {
+    let broker = Broker::start(&["--max_body=4096"]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    broker.insert(&jwt, "keep", &json!("me"));
+    let users = || {
+        broker
+            .post("/list_users", &json!({"admin_token": ADMIN}))
+            .json()
+    };
+    let before = users();
+
+    // A slow client that never finishes its headers holds only its own connection.
+    let mut slow = broker.connect();
+    slow.write_all(b"POST /create_user HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .unwrap();
+
+    let bodies: Vec<&[u8]> = vec![
+        b"{",
+        b"not json",
+        b"[]",
+        b"null",
+        b"\"string\"",
+        b"{\"username\": 5, \"password\": [], \"admin_token\": {}, \"tenant_name\": null}",
+        b"{\"username\": \"x\xff\xfe\", \"password\": \"p\", \"admin_token\": \"letmein\", \"tenant_name\": \"t\"}",
+        b"\xff\xfe\xfd",
+        b"{\"admin_token\": \"letmein\", \"username\": \"eve\", \"password\": \"p\", \"tenant_name\": \"t\", \"tenant_name\": \"bad name\"}",
+        &[b'['; 3000],
+    ];
+    for path in [
+        "/create_user",
+        "/login",
+        "/update_user",
+        "/revoke_user",
+        "/get_user",
+        "/list_users",
+        "/insert",
+    ] {
+        for body in &bodies {
+            if path == "/list_users" && body.starts_with(b"{\"admin_token\": \"letmein\"") {
+                continue; // a valid admin call
+            }
+            let reply = broker.request("POST", path, &[("Authorization", &bearer(&jwt))], body);
+            assert!(
+                (400..500).contains(&reply.status),
+                "{path} {:?} → {}",
+                String::from_utf8_lossy(body),
+                reply.status
+            );
+            reply.assert_error(reply.status);
+        }
+    }
+    // Protocol-level garbage: each gets a 4xx or a closed connection, never a crash.
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let raw: Vec<Vec<u8>> = vec![
+        b"GARBAGE\r\n\r\n".to_vec(),
+        b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+        b"\x00\x01\x02\x03\r\n\r\n".to_vec(),
+        huge_header.into_bytes(),
+        b"POST /insert HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        b"POST /insert HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+        b"POST /insert HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        b"GET /verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xff\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Ym9iOnB3\r\nLast-Event-ID: \xff\r\nConnection: close\r\n\r\n".to_vec(),
+    ];
+    for bytes in raw {
+        let mut stream = broker.connect();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = stream.write_all(&bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "{:?}",
+            &text[..text.len().min(200)]
+        );
+    }
+    // A body cut short: the client promises 1000 bytes, sends 10 and hangs up.
+    let mut truncated = broker.connect();
+    let head = format!(
+        "POST /create_user HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{\"username\""
+    );
+    truncated.write_all(head.as_bytes()).unwrap();
+    truncated.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut response = String::new();
+    let _ = truncated.read_to_string(&mut response);
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.1 400"),
+        "{response}"
+    );
+    // Oversized bodies, with and without an honest Content-Length.
+    let big = json!({"admin_token": ADMIN, "username": "eve", "password": "p", "tenant_name": "t", "data": "x".repeat(5000)});
+    broker.post("/create_user", &big).assert_error(413);
+
+    // Still serving, with nothing changed.
+    assert_eq!(broker.get("/", &[]).status, 200);
+    broker.login("bob", "pw");
+    assert_eq!(users(), before);
+    let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
+    assert_eq!(stream.events(1).len(), 1);
+    assert!(
+        stream.quiet_for(Duration::from_millis(200)),
+        "no event was inserted"
+    );
+    drop(slow);
+}
