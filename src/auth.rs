@@ -38,14 +38,8 @@ pub struct Auth {
     decoy: String,
 }
 
-/// An authenticated request: the user and, for a JWT, when it expires.
-pub struct Caller {
-    pub user: User,
-    pub expires: Option<u64>,
-}
-
 impl Auth {
-    pub fn new(jwt_secret: &str, jwt_expiry: u64, admin_token: &str) -> Auth {
+    pub fn new(config: &crate::config::Config) -> Auth {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
         // uuid's v4 generator draws from the OS random source: reuse it.
         let random = [
@@ -53,9 +47,9 @@ impl Auth {
             uuid::Uuid::new_v4().into_bytes(),
         ];
         Auth {
-            jwt_secret: jwt_secret.as_bytes().to_vec(),
-            jwt_expiry,
-            admin_token: admin_token.to_string(),
+            jwt_secret: config.jwt_secret.as_bytes().to_vec(),
+            jwt_expiry: config.jwt_expiry,
+            admin_token: config.admin_token.clone(),
             argon_permits: Semaphore::new(cores),
             cache_key: random.concat().try_into().unwrap_or_default(),
             verified: Mutex::new(HashMap::new()),
@@ -105,21 +99,24 @@ impl Auth {
         }
     }
 
-    /// Authenticates an `Authorization: Bearer …` or `Basic …` header value.
-    /// Revoked users are refused whatever they present.
-    pub async fn authenticate(&self, store: &Store, header: Option<&str>) -> Result<Caller, Error> {
+    /// Authenticates an `Authorization: Bearer …` or `Basic …` header value:
+    /// the user and, for a JWT, when it expires. Revoked users are refused
+    /// whatever they present.
+    pub async fn authenticate(
+        &self,
+        store: &Store,
+        header: Option<&str>,
+    ) -> Result<(User, Option<u64>), Error> {
         let header = header.ok_or_else(|| unauthorized("missing Authorization header"))?;
         let (scheme, credentials) = header.split_once(' ').unwrap_or((header, ""));
-        let caller = match scheme.to_ascii_lowercase().as_str() {
+        let (user, expires) = match scheme.to_ascii_lowercase().as_str() {
             "bearer" => {
                 let (username, expires) = self.verify_jwt(credentials.trim())?;
-                let user = store
-                    .user(&username)?
-                    .ok_or_else(|| unauthorized("unknown user"))?;
-                Caller {
-                    user,
-                    expires: Some(expires),
-                }
+                let user = store.user(&username)?;
+                (
+                    user.ok_or_else(|| unauthorized("unknown user"))?,
+                    Some(expires),
+                )
             }
             "basic" => {
                 let invalid = || unauthorized("malformed Basic credentials");
@@ -127,17 +124,13 @@ impl Auth {
                 let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
                 // The password is everything after the first colon, colons and all.
                 let (username, password) = decoded.split_once(':').ok_or_else(invalid)?;
-                let user = self.login(store, username, password).await?;
-                Caller {
-                    user,
-                    expires: None,
-                }
+                (self.login(store, username, password).await?, None)
             }
             _ => return Err(unauthorized("unsupported Authorization scheme")),
         };
-        match caller.user.revoked() {
+        match user.revoked() {
             true => Err(unauthorized("user is revoked")),
-            false => Ok(caller),
+            false => Ok((user, expires)),
         }
     }
 

@@ -1,27 +1,45 @@
 //! The one `service_fn`: routing by method and path, CORS, JSON bodies,
 //! error replies, the access log, and one function per endpoint.
 
-use crate::auth::{Auth, Caller};
+use crate::auth::Auth;
 use crate::config::Config;
-use crate::hub::{Hub, Stream};
+use crate::hub::{Hub, stream};
 use crate::store::{Store, User};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+type HttpRequest = Request<hyper::body::Incoming>;
 type Reply = Result<Response<Body>, Error>;
 type Fields = Map<String, Value>;
 
 /// Every path that exists, so a wrong method is told 405 rather than 404.
 const PATHS: &str = "/ /create_user /login /sse /insert /verify /revoke_user /unrevoke_user \
                      /list_users /get_user /update_user";
+
+const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
+const PREFLIGHT: &[(&str, &str)] = &[
+    ("access-control-allow-methods", "GET, POST, OPTIONS"),
+    (
+        "access-control-allow-headers",
+        "authorization, content-type, last-event-id",
+    ),
+    ("access-control-max-age", "86400"),
+];
+
+const EVENT_STREAM: &[(&str, &str)] = &[
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    // Tells nginx-style proxies not to buffer the stream.
+    ("x-accel-buffering", "no"),
+];
 
 /// Everything a request handler needs, shared by all connections.
 pub struct State {
@@ -57,35 +75,30 @@ impl From<fjall::Error> for Error {
 
 /// Serves one request and logs it: method, path, status, milliseconds —
 /// never a body, token or password.
-pub async fn serve(
-    state: Arc<State>,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+pub async fn serve(state: Arc<State>, request: HttpRequest) -> Result<Response<Body>, Infallible> {
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let result = route(&state, request).await;
-    let mut response =
-        result.unwrap_or_else(|Error(status, reason)| reply(status, json!({ "error": reason })));
+    let mut response = result.unwrap_or_else(|Error(status, reason)| {
+        let body = json!({ "error": reason }).to_string();
+        respond(status, Full::new(body.into()), JSON)
+    });
     let origin = HeaderValue::from_str(&state.config.origin);
     let origin = origin.unwrap_or(HeaderValue::from_static("*"));
-    response
-        .headers_mut()
-        .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    let milliseconds = started.elapsed().as_secs_f64() * 1000.0;
+    let headers = response.headers_mut();
+    headers.insert("access-control-allow-origin", origin);
+    let (status, elapsed) = (response.status().as_u16(), started.elapsed());
     eprintln!(
-        "{method} {path} {} {milliseconds:.1}ms",
-        response.status().as_u16()
+        "{method} {path} {status} {:.1}ms",
+        elapsed.as_secs_f64() * 1000.0
     );
     Ok(response)
 }
 
-async fn route(state: &State, request: Request<Incoming>) -> Reply {
+async fn route(state: &State, request: HttpRequest) -> Reply {
     match (request.method(), request.uri().path()) {
-        (&Method::OPTIONS, _) => Ok(with_headers(
-            reply(StatusCode::NO_CONTENT, Value::Null),
-            PREFLIGHT,
-        )),
-        (&Method::GET | &Method::HEAD, "/") => Ok(reply(StatusCode::OK, json!({"status": "ok"}))),
+        (&Method::OPTIONS, _) => Ok(respond(StatusCode::NO_CONTENT, Full::default(), PREFLIGHT)),
+        (&Method::GET | &Method::HEAD, "/") => ok(json!({"status": "ok"})),
         (&Method::POST, "/create_user") => create_user(state, request).await,
         (&Method::POST, "/login") => login(state, request).await,
         (&Method::GET, "/sse") => sse(state, request).await,
@@ -96,80 +109,58 @@ async fn route(state: &State, request: Request<Incoming>) -> Reply {
         (&Method::POST, "/list_users") => list_users(state, request).await,
         (&Method::POST, "/get_user") => get_user(state, request).await,
         (&Method::POST, "/update_user") => update_user(state, request).await,
-        (_, path) if PATHS.split_whitespace().any(|known| known == path) => Err(Error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("method not allowed on {path}"),
-        )),
+        (_, path) if PATHS.split(' ').any(|known| known == path) => {
+            let reason = format!("method not allowed on {path}");
+            Err(Error(StatusCode::METHOD_NOT_ALLOWED, reason))
+        }
         (_, path) => Err(Error(StatusCode::NOT_FOUND, format!("no such path {path}"))),
     }
 }
 
-const PREFLIGHT: &[(&str, &str)] = &[
-    ("access-control-allow-methods", "GET, POST, OPTIONS"),
-    (
-        "access-control-allow-headers",
-        "authorization, content-type, last-event-id",
-    ),
-    ("access-control-max-age", "86400"),
-];
-
-const EVENT_STREAM: &[(&str, &str)] = &[
-    ("content-type", "text/event-stream"),
-    ("cache-control", "no-cache"),
-    // Tells nginx-style proxies not to buffer the stream.
-    ("x-accel-buffering", "no"),
-];
-
-/// A JSON reply; `null` means no body at all.
-fn reply(status: StatusCode, body: Value) -> Response<Body> {
-    let bytes = if body.is_null() {
-        Bytes::new()
-    } else {
-        Bytes::from(body.to_string())
-    };
-    let mut response = Response::new(Full::new(bytes).boxed_unsync());
-    *response.status_mut() = status;
-    if !body.is_null() {
-        let json = HeaderValue::from_static("application/json");
-        response.headers_mut().insert(header::CONTENT_TYPE, json);
-    }
-    response
-}
-
-fn with_headers(
-    mut response: Response<Body>,
+fn respond<B>(
+    status: StatusCode,
+    body: B,
     headers: &[(&'static str, &'static str)],
-) -> Response<Body> {
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    let mut response = Response::new(body.boxed_unsync());
+    *response.status_mut() = status;
     for (name, value) in headers {
-        let name = HeaderName::from_static(name);
+        let value = HeaderValue::from_static(value);
         response
             .headers_mut()
-            .insert(name, HeaderValue::from_static(value));
+            .insert(HeaderName::from_static(name), value);
     }
     response
 }
 
 fn ok(body: Value) -> Reply {
-    Ok(reply(StatusCode::OK, body))
+    Ok(respond(
+        StatusCode::OK,
+        Full::new(body.to_string().into()),
+        JSON,
+    ))
 }
 
 /// Reads a JSON object body of at most `--max_body` bytes.
-async fn json_body(state: &State, request: Request<Incoming>) -> Result<Fields, Error> {
+async fn json_body(state: &State, request: HttpRequest) -> Result<Fields, Error> {
     let limit = state.config.max_body;
-    let too_large = || {
-        Error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over {limit} bytes"),
-        )
-    };
-    let declared = request.headers().get(header::CONTENT_LENGTH);
-    let declared = declared.and_then(|length| length.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
+    let too_large = Error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body over {limit} bytes"),
+    );
+    let declared = request
+        .headers()
+        .get("content-length")
+        .map(HeaderValue::to_str);
+    if declared.and_then(|length| length.ok()?.parse::<usize>().ok()) > Some(limit) {
+        return Err(too_large);
     }
     let bytes = match Limited::new(request.into_body(), limit).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) if error.is::<LengthLimitError>() => return Err(too_large),
         Err(_) => return Err(bad("could not read the request body")),
     };
     match serde_json::from_slice(&bytes) {
@@ -197,79 +188,80 @@ fn optional_text<'a>(body: &'a Fields, field: &str) -> Result<Option<&'a str>, E
 }
 
 /// Reads the body of an admin call and checks its admin_token.
-async fn admin_body(state: &State, request: Request<Incoming>) -> Result<Fields, Error> {
+async fn admin_body(state: &State, request: HttpRequest) -> Result<Fields, Error> {
     let body = json_body(state, request).await?;
     state.auth.check_admin(text(&body, "admin_token")?)?;
     Ok(body)
 }
 
-async fn caller(state: &State, request: &Request<Incoming>) -> Result<Caller, Error> {
+/// The authenticated user of a request, and when its JWT expires.
+async fn caller(state: &State, request: &HttpRequest) -> Result<(User, Option<u64>), Error> {
     let header = request
         .headers()
-        .get(header::AUTHORIZATION)
+        .get("authorization")
         .map(HeaderValue::to_str);
     let header = header
         .transpose()
-        .map_err(|_| unauthorized("malformed Authorization"))?;
+        .map_err(|_| unauthorized("bad Authorization"))?;
     state.auth.authenticate(&state.store, header).await
 }
 
-/// Usernames cannot hold a colon: Basic splits at the first one.
-fn valid_username(username: &str) -> Result<&str, Error> {
-    let valid = (1..=128).contains(&username.len()) && !username.contains(':');
-    match valid && !username.contains(char::is_control) {
-        true => Ok(username),
-        false => Err(bad(
-            "username must be 1-128 bytes without ':' or control characters",
-        )),
-    }
+/// `Ok(value)` if `valid`, else a 400 saying what the field must be.
+fn check<T>(valid: bool, value: T, rule: &str) -> Result<T, Error> {
+    if valid { Ok(value) } else { Err(bad(rule)) }
 }
 
 fn valid_password(password: &str) -> Result<String, Error> {
-    match (1..=1024).contains(&password.len()) {
-        true => Ok(password.to_string()),
-        false => Err(bad("password must be 1-1024 bytes")),
-    }
+    let valid = (1..=1024).contains(&password.len());
+    check(valid, password.to_string(), "password must be 1-1024 bytes")
 }
 
 fn valid_tenant(tenant: &str) -> Result<Value, Error> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    match (1..=64).contains(&tenant.len()) && tenant.chars().all(allowed) {
-        true => Ok(json!(tenant)),
-        false => Err(bad("tenant_name must match ^[A-Za-z0-9_-]{1,64}$")),
-    }
+    let valid = (1..=64).contains(&tenant.len()) && tenant.chars().all(allowed);
+    check(
+        valid,
+        json!(tenant),
+        "tenant_name must match ^[A-Za-z0-9_-]{1,64}$",
+    )
 }
 
 /// `""` or absent is no email (null); anything else must be a well-formed
 /// address outside mailchecker's list of throwaway domains.
 fn valid_email(email: Option<&str>) -> Result<Value, Error> {
-    match email.filter(|email| !email.is_empty()) {
-        None => Ok(Value::Null),
-        Some(email) if email.len() <= 254 && mailchecker::is_valid(email) => Ok(json!(email)),
-        Some(_) => Err(bad("invalid or throwaway email address")),
-    }
+    let Some(email) = email.filter(|email| !email.is_empty()) else {
+        return Ok(Value::Null);
+    };
+    let valid = email.len() <= 254 && mailchecker::is_valid(email);
+    check(valid, json!(email), "invalid or throwaway email address")
 }
 
-async fn create_user(state: &State, request: Request<Incoming>) -> Reply {
+async fn create_user(state: &State, request: HttpRequest) -> Reply {
     let body = admin_body(state, request).await?;
-    let username = valid_username(text(&body, "username")?)?;
+    let username = text(&body, "username")?;
+    // No colon: Basic splits username and password at the first one.
+    let valid = (1..=128).contains(&username.len()) && !username.contains([':', '\n', '\r']);
+    check(
+        valid,
+        (),
+        "username must be 1-128 bytes without ':' or line breaks",
+    )?;
     let password = valid_password(text(&body, "password")?)?;
     let tenant = valid_tenant(text(&body, "tenant_name")?)?;
     let email = valid_email(optional_text(&body, "email")?)?;
     if state.store.user(username)?.is_some() {
-        return Err(bad("username already exists")); // checked before paying for Argon2
+        return Err(bad("username already exists")); // before paying for Argon2
     }
-    let id = uuid::Uuid::new_v4().to_string();
-    let record = json!({
-        "id": id, "username": username, "password": state.auth.hash(password).await?,
-        "tenant_name": tenant, "revoked": false, "email": email,
-        "data": body.get("data").cloned().unwrap_or(Value::Null),
-    });
-    state.store.create_user(User::from(record))?;
+    let (id, data) = (uuid::Uuid::new_v4().to_string(), body.get("data"));
+    let password = state.auth.hash(password).await?;
+    state.store.create_user(json!({
+        "id": id, "username": username, "password": password, "tenant_name": tenant,
+        "revoked": false, "email": email, "data": data,
+    }))?;
     ok(json!({ "id": id }))
 }
 
-async fn login(state: &State, request: Request<Incoming>) -> Reply {
+async fn login(state: &State, request: HttpRequest) -> Reply {
     let body = json_body(state, request).await?;
     let (username, password) = (text(&body, "username")?, text(&body, "password")?);
     let user = state.auth.login(&state.store, username, password).await?;
@@ -279,51 +271,54 @@ async fn login(state: &State, request: Request<Incoming>) -> Reply {
     }
 }
 
-async fn verify(state: &State, request: Request<Incoming>) -> Reply {
-    let mut user = caller(state, &request).await?.user;
-    user.0.remove("password");
-    ok(Value::Object(user.0))
+async fn verify(state: &State, request: HttpRequest) -> Reply {
+    let (User(mut fields), _) = caller(state, &request).await?;
+    fields.remove("password");
+    ok(Value::Object(fields))
 }
 
-async fn insert(state: &State, request: Request<Incoming>) -> Reply {
-    let user = caller(state, &request).await?.user;
+async fn insert(state: &State, request: HttpRequest) -> Reply {
+    let (user, _) = caller(state, &request).await?;
     let body = json_body(state, request).await?;
     let event = text(&body, "event")?;
-    // Printable ASCII keeps each frame one line per field and pure ASCII.
+    // Printable ASCII keeps each frame pure ASCII with one line per field.
     let printable = event.bytes().all(|byte| (b' '..=b'~').contains(&byte));
-    if event.is_empty() || event.len() > 256 || !printable {
-        return Err(bad("event must be 1-256 printable ASCII characters"));
-    }
+    let valid = (1..=256).contains(&event.len()) && printable;
+    check(valid, (), "event must be 1-256 printable ASCII characters")?;
     let data = body.get("data").ok_or_else(|| bad("missing field data"))?;
     let tenant = user.text("tenant_name");
     let publish = |frame| state.hub.publish(tenant, frame);
     ok(json!({ "id": state.store.insert(tenant, event, data, publish)? }))
 }
 
-async fn sse(state: &State, request: Request<Incoming>) -> Reply {
-    let Caller { user, expires } = caller(state, &request).await?;
-    let last_event_id = request.headers().get("last-event-id").map(|value| {
-        let id = value
-            .to_str()
-            .ok()
-            .and_then(|id| id.trim().parse::<u64>().ok());
-        id.ok_or_else(|| bad("Last-Event-ID must be a number"))
-    });
-    let last_event_id = last_event_id.transpose()?;
+async fn sse(state: &State, request: HttpRequest) -> Reply {
+    let (user, expires) = caller(state, &request).await?;
+    let last_event_id = match request.headers().get("last-event-id") {
+        None => None,
+        Some(value) => {
+            let id = value.to_str().ok().map(|id| id.trim().parse::<u64>());
+            Some(
+                id.and_then(Result::ok)
+                    .ok_or(bad("Last-Event-ID must be a number"))?,
+            )
+        }
+    };
     let (tenant, username) = (user.text("tenant_name"), user.text("username"));
     let subscribe = || state.hub.subscribe(tenant, username, expires);
     let (receiver, upto) = state.store.watch(tenant, subscribe)?;
     let backlog = state.store.backlog(tenant, last_event_id, upto)?;
-    let response = Response::new(Stream::new(backlog, receiver).boxed_unsync());
-    Ok(with_headers(response, EVENT_STREAM))
+    Ok(respond(
+        StatusCode::OK,
+        stream(backlog, receiver),
+        EVENT_STREAM,
+    ))
 }
 
-async fn set_revoked(state: &State, request: Request<Incoming>, revoked: bool) -> Reply {
+async fn set_revoked(state: &State, request: HttpRequest, revoked: bool) -> Reply {
     let body = admin_body(state, request).await?;
     let username = text(&body, "username")?;
-    state
-        .store
-        .update_user(username, [("revoked", json!(revoked))])?;
+    let change = Fields::from_iter([("revoked".into(), json!(revoked))]);
+    state.store.update_user(username, change)?;
     state.auth.forget(username);
     if revoked {
         state.hub.disconnect(username);
@@ -331,12 +326,12 @@ async fn set_revoked(state: &State, request: Request<Incoming>, revoked: bool) -
     ok(json!({}))
 }
 
-async fn list_users(state: &State, request: Request<Incoming>) -> Reply {
+async fn list_users(state: &State, request: HttpRequest) -> Reply {
     admin_body(state, request).await?;
     ok(state.store.users()?.iter().map(User::public).collect())
 }
 
-async fn get_user(state: &State, request: Request<Incoming>) -> Reply {
+async fn get_user(state: &State, request: HttpRequest) -> Reply {
     let body = admin_body(state, request).await?;
     let user = state.store.user(text(&body, "username")?)?;
     ok(user.ok_or_else(|| bad("unknown user"))?.public())
@@ -344,31 +339,29 @@ async fn get_user(state: &State, request: Request<Incoming>) -> Reply {
 
 /// Changes any of tenant_name, password, email, data; every field is checked
 /// before anything is written. A new password or tenant ends open streams.
-async fn update_user(state: &State, request: Request<Incoming>) -> Reply {
+async fn update_user(state: &State, request: HttpRequest) -> Reply {
     let body = admin_body(state, request).await?;
     let username = text(&body, "username")?;
-    let mut changes = Vec::new();
+    let mut changes = Fields::new();
     if let Some(tenant) = optional_text(&body, "tenant_name")? {
-        changes.push(("tenant_name", valid_tenant(tenant)?));
+        changes.insert("tenant_name".into(), valid_tenant(tenant)?);
     }
-    let password = optional_text(&body, "password")?
-        .map(valid_password)
-        .transpose()?;
+    let password = optional_text(&body, "password")?;
+    let password = password.map(valid_password).transpose()?;
     if body.contains_key("email") {
-        changes.push(("email", valid_email(optional_text(&body, "email")?)?));
+        let email = valid_email(optional_text(&body, "email")?)?;
+        changes.insert("email".into(), email);
     }
     if let Some(data) = body.get("data") {
-        changes.push(("data", data.clone()));
+        changes.insert("data".into(), data.clone());
     }
     if state.store.user(username)?.is_none() {
-        return Err(bad("unknown user")); // checked before paying for Argon2
+        return Err(bad("unknown user")); // before paying for Argon2
     }
     if let Some(password) = password {
-        changes.push(("password", json!(state.auth.hash(password).await?)));
+        changes.insert("password".into(), json!(state.auth.hash(password).await?));
     }
-    let ends_streams = changes
-        .iter()
-        .any(|(field, _)| ["tenant_name", "password"].contains(field));
+    let ends_streams = changes.contains_key("tenant_name") || changes.contains_key("password");
     state.store.update_user(username, changes)?;
     state.auth.forget(username);
     if ends_streams {

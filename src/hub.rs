@@ -1,25 +1,23 @@
-//! Live fan-out: every open SSE stream of a tenant, and the response body
+//! Live fan-out: the open SSE streams of every tenant, and the response body
 //! that feeds one stream from its channel.
 
-use crate::store::{Backlog, lock};
-use bytes::{Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
+use crate::store::lock;
+use bytes::Bytes;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 
-/// Frames a subscriber may fall behind before it is cut off. A stream that
+/// Frames a subscriber may fall behind before it is cut off: a stream that
 /// cannot keep up resumes with Last-Event-ID instead of slowing anyone else.
 const QUEUE: usize = 256;
-/// Largest write assembled from the backlog at once.
-const BATCH: usize = 64 * 1024;
 
 /// Cheap handle to the subscriber lists, cloned into every request.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Hub {
     /// tenant → its open streams. A std mutex: publishing only calls
     /// `try_send`, so no critical section ever awaits.
@@ -34,34 +32,22 @@ struct Subscriber {
 }
 
 impl Hub {
-    pub fn new() -> Hub {
-        Hub {
-            tenants: Arc::default(),
-        }
-    }
-
     /// Registers a stream; its frames arrive on the returned receiver.
-    pub fn subscribe(
-        &self,
-        tenant: &str,
-        username: &str,
-        expires: Option<u64>,
-    ) -> mpsc::Receiver<Bytes> {
+    pub fn subscribe(&self, tenant: &str, username: &str, expires: Option<u64>) -> Receiver {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let subscriber = Subscriber {
-            username: username.to_string(),
+        let username = username.to_string();
+        let mut tenants = lock(&self.tenants);
+        let subscribers = tenants.entry(tenant.to_string()).or_default();
+        subscribers.push(Subscriber {
+            username,
             expires,
             sender,
-        };
-        lock(&self.tenants)
-            .entry(tenant.to_string())
-            .or_default()
-            .push(subscriber);
+        });
         receiver
     }
 
     /// Hands one encoded frame to every stream of the tenant; the `Bytes` is
-    /// shared, never copied. Full or closed streams are dropped on the spot.
+    /// shared, never copied. A full or closed stream is dropped on the spot.
     pub fn publish(&self, tenant: &str, frame: Bytes) {
         if let Some(subscribers) = lock(&self.tenants).get_mut(tenant) {
             subscribers.retain(|subscriber| subscriber.sender.try_send(frame.clone()).is_ok());
@@ -79,29 +65,24 @@ impl Hub {
         lock(&self.tenants).clear();
     }
 
-    /// Once a second: forget closed streams, end those whose JWT expired, and
-    /// every `keep_alive` seconds send a comment so proxies keep idle ones open.
+    /// Once a second: forget closed streams and end those whose JWT expired;
+    /// every `keep_alive` seconds, send a comment so proxies keep idle
+    /// streams open. One timer for all streams, none per connection.
     pub async fn maintain(self, keep_alive: u64) {
-        let mut ticks = 0u64;
-        let mut interval = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            interval.tick().await;
-            ticks += 1;
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        for tick in 1u64.. {
+            ticks.tick().await;
             let now = crate::clock::now();
-            let ping = keep_alive > 0 && ticks.is_multiple_of(keep_alive);
-            self.retain(|subscriber| {
-                let alive = subscriber.expires.is_none_or(|expires| expires > now);
-                match ping {
-                    true => {
-                        alive
-                            && subscriber
-                                .sender
-                                .try_send(Bytes::from_static(b":\n\n"))
-                                .is_ok()
-                    }
-                    false => alive && !subscriber.sender.is_closed(),
-                }
-            });
+            let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
+            self.retain(
+                |subscriber| match subscriber.expires.is_none_or(|at| at > now) {
+                    true if ping => subscriber
+                        .sender
+                        .try_send(Bytes::from_static(b":\n\n"))
+                        .is_ok(),
+                    alive => alive && !subscriber.sender.is_closed(),
+                },
+            );
         }
     }
 
@@ -113,50 +94,15 @@ impl Hub {
     }
 }
 
-/// The body of a `text/event-stream` response: the stored backlog first,
-/// then live frames until the hub drops the sender, which ends the response
-/// with the chunked terminator rather than a cut connection.
-pub struct Stream {
-    backlog: Option<Backlog>,
-    receiver: mpsc::Receiver<Bytes>,
-}
+pub type Receiver = mpsc::Receiver<Bytes>;
 
-impl Stream {
-    pub fn new(backlog: Backlog, receiver: mpsc::Receiver<Bytes>) -> Stream {
-        Stream {
-            backlog: Some(backlog),
-            receiver,
-        }
-    }
-}
-
-impl Body for Stream {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(backlog) = self.backlog.as_mut() {
-            let mut batch = BytesMut::new();
-            for frame in backlog.by_ref() {
-                batch.extend_from_slice(&frame);
-                if batch.len() >= BATCH {
-                    return Poll::Ready(Some(Ok(Frame::data(batch.freeze()))));
-                }
-            }
-            self.backlog = None;
-            if !batch.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(batch.freeze()))));
-            }
-        }
-        self.receiver
-            .poll_recv(context)
-            .map(|frame| frame.map(|frame| Ok(Frame::data(frame))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
+/// The body of a `text/event-stream` response: the stored backlog, then live
+/// frames until the hub drops the sender, which ends the response with the
+/// chunked terminator rather than a cut connection.
+pub fn stream(
+    backlog: impl Iterator<Item = Bytes> + Send + 'static,
+    receiver: Receiver,
+) -> impl hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static {
+    let frames = tokio_stream::iter(backlog).chain(ReceiverStream::new(receiver));
+    StreamBody::new(frames.map(|frame| Ok(Frame::data(frame))))
 }

@@ -2,17 +2,18 @@
 //! per tenant holding its event log and the latest event of each name.
 //!
 //! Tenant keyspace layout:
-//! - `e` + id (u64 big-endian) → insert time (u64 ms, big-endian) + the SSE frame,
-//!   stored ready to send so replay never re-encodes;
+//! - `e` + id (u64 big-endian) → insert time (u64 ms, big-endian) + the SSE
+//!   frame, stored ready to send so a replay never re-encodes;
 //! - `l` + event name → id of the latest event with that name.
 
 use crate::http::{Error, bad};
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Cheap handle to the database, cloned into every request.
 #[derive(Clone)]
@@ -42,15 +43,6 @@ struct Tenant {
 /// and `data` (any JSON). Kept as the JSON object it is stored as.
 pub struct User(pub Map<String, Value>);
 
-impl From<Value> for User {
-    fn from(record: Value) -> User {
-        match record {
-            Value::Object(fields) => User(fields),
-            _ => User(Map::new()),
-        }
-    }
-}
-
 impl User {
     /// A string field; `""` when absent.
     pub fn text(&self, field: &str) -> &str {
@@ -67,41 +59,60 @@ impl User {
         fields.insert("password".into(), json!("***"));
         Value::Object(fields)
     }
+
+    fn parse(bytes: &[u8]) -> Option<User> {
+        serde_json::from_slice(bytes).ok().map(User)
+    }
 }
 
 impl Store {
-    pub fn open(path: &std::path::Path) -> fjall::Result<Store> {
-        let db = Database::builder(path).open()?;
-        let users = db.keyspace("users", KeyspaceCreateOptions::default)?;
-        let shared = Shared {
+    /// Opens the database and starts a thread that syncs it to disk every
+    /// second. An acknowledged insert is already in the OS, so `kill -9`
+    /// cannot lose it; the sync bounds what a power cut can lose.
+    pub fn open(path: &std::path::Path) -> Result<Store, String> {
+        let failed = |error| format!("cannot open --db {}: {error}", path.display());
+        let db = Database::builder(path).open().map_err(failed)?;
+        let users = db.keyspace("users", KeyspaceCreateOptions::default);
+        let users = users.map_err(failed)?;
+        let (user_writes, tenants) = (Mutex::default(), Mutex::default());
+        let shared = Arc::new(Shared {
             db,
             users,
-            user_writes: Mutex::new(()),
-            tenants: Mutex::new(HashMap::new()),
-        };
-        Ok(Store {
-            shared: Arc::new(shared),
-        })
+            user_writes,
+            tenants,
+        });
+        let store = Store { shared };
+        let syncing = store.clone();
+        std::thread::spawn(move || {
+            while syncing.persist().is_ok() {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+        Ok(store)
+    }
+
+    pub fn persist(&self) -> Result<(), String> {
+        let synced = self.shared.db.persist(PersistMode::SyncAll);
+        synced.map_err(|error| format!("cannot sync the database: {error}"))
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
         let record = self.shared.users.get(username)?;
-        Ok(record
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .map(User))
+        Ok(record.and_then(|bytes| User::parse(&bytes)))
     }
 
     pub fn users(&self) -> Result<Vec<User>, Error> {
         let mut users = Vec::new();
         for entry in self.shared.users.iter() {
-            users.extend(serde_json::from_slice(&entry.value()?).ok().map(User));
+            users.extend(User::parse(&entry.value()?));
         }
         Ok(users)
     }
 
     /// Stores a new user; a taken username is a 400 and changes nothing.
-    pub fn create_user(&self, user: User) -> Result<(), Error> {
+    pub fn create_user(&self, record: Value) -> Result<(), Error> {
         let _writes = lock(&self.shared.user_writes);
+        let user = User(record.as_object().cloned().unwrap_or_default());
         if self.shared.users.contains_key(user.text("username"))? {
             return Err(bad("username already exists"));
         }
@@ -109,36 +120,31 @@ impl Store {
     }
 
     /// Sets fields of a stored user atomically; an unknown user is a 400.
-    pub fn update_user<'a>(
-        &self,
-        username: &str,
-        changes: impl IntoIterator<Item = (&'a str, Value)>,
-    ) -> Result<(), Error> {
+    pub fn update_user(&self, username: &str, changes: Map<String, Value>) -> Result<(), Error> {
         let _writes = lock(&self.shared.user_writes);
         let mut user = self.user(username)?.ok_or_else(|| bad("unknown user"))?;
-        for (field, value) in changes {
-            user.0.insert(field.to_string(), value);
-        }
+        user.0.extend(changes);
         self.put(user)
     }
 
     fn put(&self, user: User) -> Result<(), Error> {
         let key = user.text("username").to_string();
-        Ok(self
-            .shared
-            .users
-            .insert(key, Value::Object(user.0).to_string())?)
+        let record = Value::Object(user.0).to_string();
+        Ok(self.shared.users.insert(key, record)?)
     }
 
-    /// Appends an event and returns its id. `publish` receives the frame while
-    /// the tenant is still locked, so every stream sees ids in ascending order.
-    pub fn insert(
+    /// Appends an event and returns its id. `publish` gets the frame while
+    /// the tenant is still locked, so every stream sees ids in order.
+    pub fn insert<F>(
         &self,
         tenant: &str,
         name: &str,
         data: &Value,
-        publish: impl FnOnce(Bytes),
-    ) -> Result<u64, Error> {
+        publish: F,
+    ) -> Result<u64, Error>
+    where
+        F: FnOnce(Bytes),
+    {
         let tenant = self.tenant(tenant)?;
         let mut last_id = lock(&tenant.last_id);
         let id = *last_id + 1;
@@ -146,7 +152,7 @@ impl Store {
         let mut value = crate::clock::now_ms().to_be_bytes().to_vec();
         value.extend_from_slice(&frame);
         let mut batch = self.shared.db.batch();
-        batch.insert(&tenant.events, key(b'e', &id.to_be_bytes()), value);
+        batch.insert(&tenant.events, event_key(id), value);
         batch.insert(&tenant.events, key(b'l', name.as_bytes()), id.to_be_bytes());
         batch.commit()?;
         *last_id = id;
@@ -155,36 +161,40 @@ impl Store {
     }
 
     /// Runs `subscribe` while no insert can happen in the tenant and returns
-    /// its result with the newest id at that moment: events after it reach the
-    /// subscriber live; `backlog(.., upto)` supplies the ones before.
+    /// its result with the newest id at that moment: later events reach the
+    /// subscriber live, `backlog(.., upto)` supplies earlier ones.
     pub fn watch<T>(&self, tenant: &str, subscribe: impl FnOnce() -> T) -> Result<(T, u64), Error> {
         let tenant = self.tenant(tenant)?;
         let last_id = lock(&tenant.last_id);
         Ok((subscribe(), *last_id))
     }
 
-    /// The frames a new stream starts with, oldest first, all with id ≤ `upto`:
+    /// The frames a new stream starts with, oldest first, ids ≤ `upto`:
     /// with `after`, every stored event after that id (a reconnect's replay);
-    /// without, the latest event of each name (the sync on connect).
-    pub fn backlog(&self, tenant: &str, after: Option<u64>, upto: u64) -> Result<Backlog, Error> {
+    /// without, the latest event of each name (the sync on connect). Read
+    /// lazily, so replaying a long log holds one frame at a time.
+    pub fn backlog(&self, tenant: &str, after: Option<u64>, upto: u64) -> Result<Frames, Error> {
         let events = self.tenant(tenant)?.events.clone();
-        let ids: Box<dyn Iterator<Item = u64> + Send> = match after {
-            Some(after) => Box::new(after.saturating_add(1)..=upto),
+        let values: Box<dyn Iterator<Item = Slice> + Send> = match after {
+            Some(after) => {
+                let (start, end) = (after.min(upto) + 1, upto + 1);
+                let range = event_key(start)..event_key(end);
+                Box::new(events.range(range).map_while(|entry| entry.value().ok()))
+            }
             None => {
                 let mut ids = Vec::new();
                 for entry in events.prefix(b"l") {
                     ids.extend(id_of(&entry.value()?).filter(|id| *id <= upto));
                 }
                 ids.sort_unstable();
-                Box::new(ids.into_iter())
+                let read = move |id| events.get(event_key(id)).ok().flatten();
+                Box::new(ids.into_iter().map_while(read))
             }
         };
-        Ok(Backlog { events, ids })
-    }
-
-    /// Forces the journal to disk; called at shutdown and once a second.
-    pub fn persist(&self) -> fjall::Result<()> {
-        self.shared.db.persist(fjall::PersistMode::SyncAll)
+        // Skip the 8-byte insert time in front of each stored frame.
+        Ok(Box::new(values.filter_map(|value| {
+            Some(Bytes::copy_from_slice(value.get(8..)?))
+        })))
     }
 
     fn tenant(&self, name: &str) -> Result<Arc<Tenant>, Error> {
@@ -192,12 +202,14 @@ impl Store {
         if let Some(tenant) = tenants.get(name) {
             return Ok(tenant.clone());
         }
+        let keyspace = format!("tenant:{name}");
         let events = self
             .shared
             .db
-            .keyspace(&format!("tenant:{name}"), KeyspaceCreateOptions::default)?;
+            .keyspace(&keyspace, KeyspaceCreateOptions::default)?;
         // The newest id is the last key of the log: no scan, whatever its size.
-        let last_id = match events.range(key(b'e', &[])..key(b'f', &[])).next_back() {
+        let last = events.range(key(b'e', &[])..key(b'f', &[])).next_back();
+        let last_id = match last {
             Some(entry) => entry.key()?.get(1..).and_then(id_of).unwrap_or(0),
             None => 0,
         };
@@ -210,35 +222,12 @@ impl Store {
     }
 }
 
-/// Stored frames read lazily, so replaying a long log holds one frame at a time.
-pub struct Backlog {
-    events: Keyspace,
-    ids: Box<dyn Iterator<Item = u64> + Send>,
-}
-
-impl Iterator for Backlog {
-    type Item = Bytes;
-
-    fn next(&mut self) -> Option<Bytes> {
-        loop {
-            let id = self.ids.next()?;
-            // A read error ends the backlog; the client resumes with Last-Event-ID.
-            let value = self.events.get(key(b'e', &id.to_be_bytes())).ok()?;
-            if let Some(value) = value.filter(|value| value.len() > 8) {
-                return Some(Bytes::copy_from_slice(&value[8..]));
-            }
-        }
-    }
-}
-
 /// One SSE frame, `id:<id>\nevent:<name>\ndata:<json>\n\n`, pure ASCII:
-/// broker-client decodes byte by byte as Latin-1, so every non-ASCII character
-/// in the JSON is escaped as `\uXXXX` (only strings can hold one).
+/// broker-client decodes byte by byte as Latin-1, so every non-ASCII
+/// character of the JSON (only strings can hold one) becomes `\uXXXX`.
 fn frame(id: u64, name: &str, data: &Value) -> Bytes {
-    let json = data.to_string();
-    let mut frame = String::with_capacity(json.len() + name.len() + 32);
-    let _ = write!(frame, "id:{id}\nevent:{name}\ndata:");
-    for character in json.chars() {
+    let mut frame = format!("id:{id}\nevent:{name}\ndata:");
+    for character in data.to_string().chars() {
         if character.is_ascii() {
             frame.push(character);
         } else {
@@ -251,11 +240,15 @@ fn frame(id: u64, name: &str, data: &Value) -> Bytes {
     Bytes::from(frame)
 }
 
+/// Stored frames, oldest first, read as the stream is written.
+pub type Frames = Box<dyn Iterator<Item = Bytes> + Send>;
+
 fn key(kind: u8, rest: &[u8]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + rest.len());
-    key.push(kind);
-    key.extend_from_slice(rest);
-    key
+    [&[kind], rest].concat()
+}
+
+fn event_key(id: u64) -> Vec<u8> {
+    key(b'e', &id.to_be_bytes())
 }
 
 fn id_of(bytes: &[u8]) -> Option<u64> {
@@ -264,7 +257,7 @@ fn id_of(bytes: &[u8]) -> Option<u64> {
 
 /// Locks a mutex, ignoring poisoning: no critical section here leaves data
 /// half-written in memory, so a panic elsewhere must not wedge the server.
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1,39 +1,36 @@
-//! HTTPS: the rustls server configuration from your own PEM files.
+//! HTTPS: the rustls server configuration, from your own PEM files.
 
+use crate::config::Config;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::{ServerConfig, crypto::ring};
 
-/// Builds the acceptor from the key at `key_path` and the chain (leaf first)
-/// at `cert_path`. `Err` names the path that failed, for the start-up message.
-pub fn from_files(key_path: &Path, cert_path: &Path) -> Result<TlsAcceptor, String> {
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|error| format!("cannot read private key {}: {error}", key_path.display()))?;
-    let chain = CertificateDer::pem_file_iter(cert_path)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|error| {
-            format!(
-                "cannot read certificate chain {}: {error}",
-                cert_path.display()
-            )
-        })?;
-    if chain.is_empty() {
-        return Err(format!("no certificate in {}", cert_path.display()));
+/// The acceptor for `--secure`, or `None` for plain HTTP. `Err` names the
+/// file that failed, for the start-up message.
+pub async fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
+    if !config.secure {
+        return Ok(None);
     }
-    let config = ServerConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
-    .map_err(|error| format!("invalid key or certificate: {error}"))?;
-    Ok(acceptor(config))
-}
-
-/// HTTP/1.1 only: SSE needs nothing more, and hyper is built without HTTP/2.
-fn acceptor(mut config: ServerConfig) -> TlsAcceptor {
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsAcceptor::from(Arc::new(config))
+    if config.auto_cert {
+        return Err("--auto_cert is not available yet; use --auto_cert=false".into());
+    }
+    let (key_path, cert_path) = (config.key_path.display(), config.cert_path.display());
+    let key = PrivateKeyDer::from_pem_file(&config.key_path);
+    let key = key.map_err(|error| format!("cannot read private key {key_path}: {error}"))?;
+    let chain = CertificateDer::pem_file_iter(&config.cert_path).and_then(Iterator::collect);
+    let chain: Vec<_> = chain.map_err(|error| format!("cannot read {cert_path}: {error}"))?;
+    if chain.is_empty() {
+        return Err(format!("no certificate in {cert_path}"));
+    }
+    let builder = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()));
+    let builder = builder
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let server = builder.with_no_client_auth().with_single_cert(chain, key);
+    let mut server = server.map_err(|error| format!("invalid key or certificate: {error}"))?;
+    // HTTP/1.1 only: SSE needs nothing more, and hyper is built without HTTP/2.
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }

@@ -70,64 +70,28 @@ fn bad_flags_exit_2_with_one_line() {
 #[test]
 fn flags_take_every_syntax_and_the_environment_with_flags_winning() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut command = Broker::command(
-        &dir.path().join("db"),
-        port,
-        &["--admin_token", "from-flag", "--secure=false"],
-    );
-    command
-        .env("BROKER_ADMIN_TOKEN", "from-env")
-        .env("BROKER_ORIGIN", "https://env.example");
-    let mut child = command.spawn().unwrap();
-    let broker_port = port;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", broker_port)).unwrap();
-    let body = json!({"admin_token": "from-flag"}).to_string();
-    let request = format!(
-        "POST /list_users HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(
-        response
-            .to_ascii_lowercase()
-            .contains("access-control-allow-origin: https://env.example")
-    );
+    let env = [("BROKER_ADMIN_TOKEN", "from-env"), ("BROKER_ORIGIN", "https://env.example")];
+    let args = ["--admin_token", "from-flag", "--secure=false", "--keep_alive", "5"];
+    let broker = Broker::start_env(&dir.path().join("db"), &args, &env);
+    broker.post("/list_users", &json!({"admin_token": "from-env"})).assert_error(401);
+    let reply = broker.post("/list_users", &json!({"admin_token": "from-flag"}));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("access-control-allow-origin").as_deref(), Some("https://env.example"));
 }
 
 #[test]
-fn default_secrets_draw_a_warning() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut command = Broker::command(&dir.path().join("db"), port, &[]);
-    command.stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(800));
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    child.wait().unwrap();
-    assert!(
-        stderr.contains("warning")
-            && stderr.contains("admin_token")
-            && stderr.contains("jwt_secret"),
-        "{stderr}"
-    );
+fn default_secrets_draw_a_warning_and_requests_are_logged_without_secrets() {
+    let broker = Broker::start(&[]);
+    assert!(broker.logged("warning: --admin_token") && broker.logged("warning: --jwt_secret"));
+    broker.create_user("bob", "hunter2-secret", "t1");
+    let jwt = broker.login("bob", "hunter2-secret");
+    assert_eq!(broker.get("/verify", &[("Authorization", &bearer(&jwt))]).status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(broker.logged("POST /login 200 ") && broker.logged("GET /verify 200 "));
+    let quiet = Broker::start(&["--admin_token=own", "--jwt_secret=own"]);
+    assert!(!quiet.logged("warning"));
+    let log = broker.log.lock().unwrap().join("\n");
+    assert!(!log.contains("hunter2") && !log.contains(&jwt) && !log.contains(ADMIN), "{log}");
 }
 
 #[test]

@@ -8,13 +8,17 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub const ADMIN: &str = "letmein";
 
 pub struct Broker {
     pub port: u16,
     pub db: PathBuf,
+    /// Every line the broker wrote to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
     child: Child,
     _dir: Option<tempfile::TempDir>,
 }
@@ -58,6 +62,23 @@ impl Reply {
     }
 }
 
+/// Reads a broker's stderr into a shared log on a thread of its own (so the
+/// pipe never fills), reporting the port of its "serving … on port N" line.
+pub fn collect_log(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>>>, Receiver<u16>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (sender, port) = std::sync::mpsc::channel();
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(port) = line.contains("serving").then(|| line.rsplit(' ').next()).flatten() {
+                let _ = sender.send(port.parse().unwrap());
+            }
+            lines.lock().unwrap().push(line);
+        }
+    });
+    (log, port)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -75,18 +96,24 @@ impl Broker {
         broker
     }
 
-    /// A broker on the given database directory (for restart tests).
+    /// A broker on the given database directory (for restart tests). It
+    /// listens on a port the OS picks (`--port=0`) and announces it on stderr,
+    /// so parallel tests can never race for a port.
     pub fn start_on(db: &Path, args: &[&str]) -> Broker {
-        let port = free_port();
-        let child = Broker::command(db, port, args).spawn().unwrap();
-        let broker = Broker {
-            port,
-            db: db.to_path_buf(),
-            child,
-            _dir: None,
-        };
-        broker.wait_ready();
-        broker
+        Broker::start_env(db, args, &[])
+    }
+
+    /// As `start_on`, with extra environment variables.
+    pub fn start_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Broker {
+        let mut command = Broker::command(db, 0, args);
+        command.envs(env.iter().copied()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let (log, port) = collect_log(child.stderr.take().unwrap());
+        let port = port.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("broker did not start: {:?}", log.lock().unwrap())
+        });
+        Broker { port, db: db.to_path_buf(), log, child, _dir: None }
     }
 
     /// The command line the harness uses, without spawning it.
@@ -103,15 +130,9 @@ impl Broker {
         command
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("broker did not start on port {}", self.port);
+    /// Whether the broker logged a line containing `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|line| line.contains(text))
     }
 
     pub fn pid(&self) -> i32 {
