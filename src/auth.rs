@@ -6,34 +6,34 @@ use crate::store::{Store, User, lock};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as BASE64URL};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::Semaphore;
 
-type HmacSha256 = Hmac<Sha256>;
-
 /// Most Basic credentials remembered; past it the cache starts over.
 const CACHE_LIMIT: usize = 100_000;
 
+/// The user of an authenticated request and, for a JWT, when it expires.
+pub type Caller = (User, Option<u64>);
+
 /// Everything needed to authenticate a request; shared by all connections.
 pub struct Auth {
-    jwt_secret: Vec<u8>,
+    jwt_secret: String,
     jwt_expiry: u64,
     admin_token: String,
     /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
     argon_permits: Semaphore,
     /// Random per process: keys the digests in `verified`.
-    cache_key: [u8; 32],
+    cache_key: String,
     /// username → keyed digest of a Basic password that matched the stored
     /// hash, so repeated Basic requests skip Argon2. The digest covers the
     /// hash too, so after a password change an old entry can never match.
-    verified: Mutex<HashMap<String, [u8; 32]>>,
-    /// A real hash to check against when the user does not exist, so a wrong
+    verified: Mutex<HashMap<String, Vec<u8>>>,
+    /// A real hash to check when the user does not exist, so a wrong
     /// username takes as long as a wrong password.
     decoy: String,
 }
@@ -42,37 +42,40 @@ impl Auth {
     pub fn new(config: &crate::config::Config) -> Auth {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
         // uuid's v4 generator draws from the OS random source: reuse it.
-        let random = [
-            uuid::Uuid::new_v4().into_bytes(),
-            uuid::Uuid::new_v4().into_bytes(),
-        ];
+        let random = || uuid::Uuid::new_v4().to_string();
         Auth {
-            jwt_secret: config.jwt_secret.as_bytes().to_vec(),
+            jwt_secret: config.jwt_secret.clone(),
             jwt_expiry: config.jwt_expiry,
             admin_token: config.admin_token.clone(),
             argon_permits: Semaphore::new(cores),
-            cache_key: random.concat().try_into().unwrap_or_default(),
-            verified: Mutex::new(HashMap::new()),
-            decoy: hash(&uuid::Uuid::new_v4().to_string()).unwrap_or_default(),
+            cache_key: random() + &random(),
+            verified: Mutex::default(),
+            decoy: hash(&random()).unwrap_or_default(),
         }
     }
 
+    /// Compares without an early exit, so timing reveals no matching prefix.
     pub fn check_admin(&self, token: &str) -> Result<(), Error> {
-        match constant_time_eq(token.as_bytes(), self.admin_token.as_bytes()) {
-            true => Ok(()),
-            false => Err(unauthorized("wrong admin_token")),
+        let (given, expected) = (token.as_bytes(), self.admin_token.as_bytes());
+        let mut difference = given.len() ^ expected.len();
+        for (index, byte) in expected.iter().enumerate() {
+            difference |= usize::from(byte ^ given.get(index).copied().unwrap_or(!byte));
+        }
+        match difference {
+            0 => Ok(()),
+            _ => Err(unauthorized("wrong admin_token")),
         }
     }
 
     /// A signed JWT for `username`, valid for `--jwt_expiry` seconds of NTP time.
     pub fn issue(&self, username: &str) -> String {
         let now = crate::clock::now();
-        let claims =
-            json!({"sub": username, "iat": now, "exp": now + self.jwt_expiry, "iss": "Broker"});
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let expires = now + self.jwt_expiry;
+        let claims = json!({"sub": username, "iat": now, "exp": expires, "iss": "Broker"});
+        let header = BASE64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let signed = format!("{header}.{}", BASE64URL.encode(claims.to_string()));
         let signature = hmac(&self.jwt_secret, &signed).finalize().into_bytes();
-        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+        format!("{signed}.{}", BASE64URL.encode(signature))
     }
 
     /// The username and expiry of a valid token. Only HS256 is accepted, the
@@ -81,32 +84,32 @@ impl Auth {
         let invalid = || unauthorized("invalid token");
         let (signed, signature) = token.rsplit_once('.').ok_or_else(invalid)?;
         let (header, claims) = signed.split_once('.').ok_or_else(invalid)?;
-        let field = |json: &Value, name: &str| json.get(name).cloned().unwrap_or(Value::Null);
-        if field(&decode_json(header).ok_or_else(invalid)?, "alg") != "HS256" {
+        if decode_json(header)?.get("alg") != Some(&json!("HS256")) {
             return Err(invalid());
         }
-        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| invalid())?;
+        let signature = BASE64URL.decode(signature).map_err(|_| invalid())?;
         let mac = hmac(&self.jwt_secret, signed);
         mac.verify_slice(&signature).map_err(|_| invalid())?;
-        let claims = decode_json(claims).ok_or_else(invalid)?;
-        let expires = field(&claims, "exp").as_u64().ok_or_else(invalid)?;
+        let claims = decode_json(claims)?;
+        let expires = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or_else(invalid)?;
         if expires <= crate::clock::now() {
             return Err(unauthorized("token expired"));
         }
-        match (field(&claims, "iss") == "Broker", field(&claims, "sub")) {
-            (true, Value::String(username)) => Ok((username, expires)),
+        match (
+            claims.get("iss") == Some(&json!("Broker")),
+            claims.get("sub"),
+        ) {
+            (true, Some(Value::String(username))) => Ok((username.clone(), expires)),
             _ => Err(invalid()),
         }
     }
 
-    /// Authenticates an `Authorization: Bearer …` or `Basic …` header value:
-    /// the user and, for a JWT, when it expires. Revoked users are refused
-    /// whatever they present.
-    pub async fn authenticate(
-        &self,
-        store: &Store,
-        header: Option<&str>,
-    ) -> Result<(User, Option<u64>), Error> {
+    /// Authenticates an `Authorization: Bearer …` or `Basic …` header value.
+    /// Revoked users are refused whatever they present.
+    pub async fn authenticate(&self, store: &Store, header: Option<&str>) -> Result<Caller, Error> {
         let header = header.ok_or_else(|| unauthorized("missing Authorization header"))?;
         let (scheme, credentials) = header.split_once(' ').unwrap_or((header, ""));
         let (user, expires) = match scheme.to_ascii_lowercase().as_str() {
@@ -135,42 +138,28 @@ impl Auth {
     }
 
     /// Checks a username and password; either one wrong is the same 401.
-    pub async fn login(
-        &self,
-        store: &Store,
-        username: &str,
-        password: &str,
-    ) -> Result<User, Error> {
+    pub async fn login(&self, store: &Store, name: &str, password: &str) -> Result<User, Error> {
         let wrong = || unauthorized("wrong username or password");
-        let user = store.user(username)?;
+        let user = store.user(name)?;
         let stored = user
             .as_ref()
             .map_or(&*self.decoy, |user| user.text("password"));
         // Length-prefixed parts, so ("ab", "c") and ("a", "bc") differ.
-        let message = [username, password, stored].map(|part| format!("{}:{part}", part.len()));
-        let digest: [u8; 32] = hmac(&self.cache_key, &message.concat())
+        let message = [name, password, stored].map(|part| format!("{}:{part}", part.len()));
+        let digest = hmac(&self.cache_key, &message.concat())
             .finalize()
-            .into_bytes()
-            .into();
-        if lock(&self.verified).get(username) == Some(&digest) {
+            .into_bytes();
+        if lock(&self.verified).get(name) == Some(&digest.to_vec()) {
             return user.ok_or_else(wrong);
         }
         let (password, stored) = (password.to_string(), stored.to_string());
-        let permit = self
-            .argon_permits
-            .acquire()
-            .await
-            .map_err(|_| internal("shutting down"))?;
-        let matches = tokio::task::spawn_blocking(move || verify(&password, &stored)).await;
-        drop(permit);
-        let user = user
-            .filter(|_| matches.unwrap_or(false))
-            .ok_or_else(wrong)?;
+        let matches = self.argon(move || verify(&password, &stored)).await?;
+        let user = user.filter(|_| matches).ok_or_else(wrong)?;
         let mut verified = lock(&self.verified);
         if verified.len() >= CACHE_LIMIT {
             verified.clear();
         }
-        verified.insert(username.to_string(), digest);
+        verified.insert(name.to_string(), digest.to_vec());
         Ok(user)
     }
 
@@ -180,20 +169,24 @@ impl Auth {
         lock(&self.verified).remove(username);
     }
 
-    /// Hashes a new password with Argon2id on the blocking pool.
+    /// Hashes a new password with Argon2id.
     pub async fn hash(&self, password: String) -> Result<String, Error> {
-        let _permit = self
-            .argon_permits
-            .acquire()
-            .await
-            .map_err(|_| internal("shutting down"))?;
-        let hashed = tokio::task::spawn_blocking(move || hash(&password)).await;
-        hashed.map_err(|_| internal("password hashing failed"))?
+        self.argon(move || hash(&password)).await?
+    }
+
+    /// Runs Argon2 work on the blocking pool, one job per core at most.
+    async fn argon<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit = self.argon_permits.acquire().await;
+        let done = tokio::task::spawn_blocking(work).await;
+        done.map_err(|_| internal("password hashing failed"))
     }
 }
 
-fn hmac(key: &[u8], message: &str) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+fn hmac(key: &str, message: &str) -> Hmac<sha2::Sha256> {
+    let mut mac = Hmac::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(message.as_bytes());
     mac
 }
@@ -207,32 +200,23 @@ fn argon2() -> Argon2<'static> {
 fn hash(password: &str) -> Result<String, Error> {
     // A fresh random salt per hash, from the OS source via uuid v4.
     let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes());
-    let hash = salt.and_then(|salt| {
-        Ok(argon2()
-            .hash_password(password.as_bytes(), &salt)?
-            .to_string())
-    });
-    hash.map_err(|_| internal("password hashing failed"))
+    let salt = salt.map_err(|_| internal("salt encoding failed"))?;
+    let hash = argon2().hash_password(password.as_bytes(), &salt);
+    Ok(hash
+        .map_err(|_| internal("password hashing failed"))?
+        .to_string())
 }
 
 fn verify(password: &str, stored: &str) -> bool {
-    let stored = PasswordHash::new(stored);
-    stored.is_ok_and(|stored| {
-        argon2()
-            .verify_password(password.as_bytes(), &stored)
-            .is_ok()
-    })
+    let Ok(stored) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let argon2 = argon2();
+    argon2.verify_password(password.as_bytes(), &stored).is_ok()
 }
 
-fn decode_json(part: &str) -> Option<Value> {
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
-}
-
-/// Compares without an early exit, so timing does not reveal a matching prefix.
-fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
-    let mut difference = given.len() ^ expected.len();
-    for (index, byte) in expected.iter().enumerate() {
-        difference |= usize::from(byte ^ given.get(index).copied().unwrap_or(!byte));
-    }
-    difference == 0
+fn decode_json(part: &str) -> Result<Value, Error> {
+    let json = BASE64URL.decode(part).ok();
+    let json = json.and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    json.ok_or_else(|| unauthorized("invalid token"))
 }

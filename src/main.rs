@@ -53,7 +53,9 @@ async fn run(config: config::Config) -> Result<(), String> {
     let hub = hub::Hub::default();
     tokio::spawn(hub.clone().maintain(config.keep_alive));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let port = listener.local_addr().map_or(config.port, |address| address.port());
+    let port = listener
+        .local_addr()
+        .map_or(config.port, |address| address.port());
     eprintln!("broker: serving {scheme} on port {port}");
     let auth = auth::Auth::new(&config);
     let (store, hub) = (store.clone(), hub.clone());

@@ -70,13 +70,27 @@ fn bad_flags_exit_2_with_one_line() {
 #[test]
 fn flags_take_every_syntax_and_the_environment_with_flags_winning() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("BROKER_ADMIN_TOKEN", "from-env"), ("BROKER_ORIGIN", "https://env.example")];
-    let args = ["--admin_token", "from-flag", "--secure=false", "--keep_alive", "5"];
+    let env = [
+        ("BROKER_ADMIN_TOKEN", "from-env"),
+        ("BROKER_ORIGIN", "https://env.example"),
+    ];
+    let args = [
+        "--admin_token",
+        "from-flag",
+        "--secure=false",
+        "--keep_alive",
+        "5",
+    ];
     let broker = Broker::start_env(&dir.path().join("db"), &args, &env);
-    broker.post("/list_users", &json!({"admin_token": "from-env"})).assert_error(401);
+    broker
+        .post("/list_users", &json!({"admin_token": "from-env"}))
+        .assert_error(401);
     let reply = broker.post("/list_users", &json!({"admin_token": "from-flag"}));
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("access-control-allow-origin").as_deref(), Some("https://env.example"));
+    assert_eq!(
+        reply.header("access-control-allow-origin").as_deref(),
+        Some("https://env.example")
+    );
 }
 
 #[test]
@@ -85,13 +99,21 @@ fn default_secrets_draw_a_warning_and_requests_are_logged_without_secrets() {
     assert!(broker.logged("warning: --admin_token") && broker.logged("warning: --jwt_secret"));
     broker.create_user("bob", "hunter2-secret", "t1");
     let jwt = broker.login("bob", "hunter2-secret");
-    assert_eq!(broker.get("/verify", &[("Authorization", &bearer(&jwt))]).status, 200);
+    assert_eq!(
+        broker
+            .get("/verify", &[("Authorization", &bearer(&jwt))])
+            .status,
+        200
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert!(broker.logged("POST /login 200 ") && broker.logged("GET /verify 200 "));
     let quiet = Broker::start(&["--admin_token=own", "--jwt_secret=own"]);
     assert!(!quiet.logged("warning"));
     let log = broker.log.lock().unwrap().join("\n");
-    assert!(!log.contains("hunter2") && !log.contains(&jwt) && !log.contains(ADMIN), "{log}");
+    assert!(
+        !log.contains("hunter2") && !log.contains(&jwt) && !log.contains(ADMIN),
+        "{log}"
+    );
 }
 
 #[test]

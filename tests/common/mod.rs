@@ -70,7 +70,11 @@ pub fn collect_log(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>
     let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(port) = line.contains("serving").then(|| line.rsplit(' ').next()).flatten() {
+            if let Some(port) = line
+                .contains("serving")
+                .then(|| line.rsplit(' ').next())
+                .flatten()
+            {
                 let _ = sender.send(port.parse().unwrap());
             }
             lines.lock().unwrap().push(line);
@@ -109,11 +113,19 @@ impl Broker {
         command.envs(env.iter().copied()).stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
         let (log, port) = collect_log(child.stderr.take().unwrap());
-        let port = port.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("broker did not start: {:?}", log.lock().unwrap())
-        });
-        Broker { port, db: db.to_path_buf(), log, child, _dir: None }
+        let port = port
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("broker did not start: {:?}", log.lock().unwrap())
+            });
+        Broker {
+            port,
+            db: db.to_path_buf(),
+            log,
+            child,
+            _dir: None,
+        }
     }
 
     /// The command line the harness uses, without spawning it.
@@ -132,7 +144,11 @@ impl Broker {
 
     /// Whether the broker logged a line containing `text`.
     pub fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|line| line.contains(text))
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(text))
     }
 
     pub fn pid(&self) -> i32 {
