@@ -248,9 +248,8 @@ async fn insert(state: &State, request: HttpRequest) -> Reply {
     let valid = (1..=256).contains(&event.len()) && printable;
     check(valid, (), "event must be 1-256 printable ASCII characters")?;
     let data = body.get("data").ok_or_else(|| bad("missing field data"))?;
-    let tenant = user.text("tenant_name");
-    let publish = |frame| state.hub.publish(tenant, frame);
-    ok(json!({ "id": state.store.insert(tenant, event, data, publish)? }))
+    let id = state.store.insert(user.text("tenant_name"), event, data)?;
+    ok(json!({ "id": id }))
 }
 
 async fn sse(state: &State, request: HttpRequest) -> Reply {
@@ -260,12 +259,8 @@ async fn sse(state: &State, request: HttpRequest) -> Reply {
         let id = id.ok().and_then(|id| id.parse().ok());
         id.ok_or_else(|| bad("Last-Event-ID must be a number"))
     });
-    let (tenant, username) = (user.text("tenant_name"), user.text("username"));
-    let subscribe = || state.hub.subscribe(tenant, username, expires);
-    let (receiver, upto) = state.store.watch(tenant, subscribe)?;
-    let backlog = state
-        .store
-        .backlog(tenant, last_event_id.transpose()?, upto)?;
+    let after = last_event_id.transpose()?;
+    let (backlog, receiver) = state.store.subscribe(&user, expires, after)?;
     let body = stream(backlog, receiver).boxed_unsync();
     Ok(respond(StatusCode::OK, body, EVENT_STREAM))
 }
@@ -286,12 +281,8 @@ async fn admin(state: &State, request: HttpRequest, path: &str) -> Reply {
         ("/get_user", Some(user)) => ok(user.public()),
         ("/update_user", _) => update_user(state, &body, username).await,
         _ => {
-            let revoked = json!(path == "/revoke_user");
-            change_user(
-                state,
-                username,
-                Fields::from_iter([("revoked".into(), revoked)]),
-            )
+            let revoked = json!({ "revoked": path == "/revoke_user" });
+            change_user(state, username, revoked)
         }
     }
 }
@@ -304,10 +295,11 @@ async fn create_user(state: &State, body: &Fields, username: &str) -> Reply {
     let email = valid_email(optional_text(body, "email")?)?;
     let password = hashed(state, text(body, "password")?).await?;
     let (id, data) = (uuid::Uuid::new_v4().to_string(), body.get("data"));
-    state.store.create_user(json!({
+    let user = json!({
         "id": id, "username": username, "password": password, "tenant_name": tenant,
         "revoked": false, "email": email, "data": data,
-    }))?;
+    });
+    state.store.write_user(username, user, true)?;
     ok(json!({ "id": id }))
 }
 
@@ -328,16 +320,16 @@ async fn update_user(state: &State, body: &Fields, username: &str) -> Reply {
     if let Some(password) = optional_text(body, "password")? {
         changes.insert("password".into(), hashed(state, password).await?);
     }
-    change_user(state, username, changes)
+    change_user(state, username, Value::Object(changes))
 }
 
 /// Stores changes to a user. A change of password, tenant or revocation also
 /// drops the cached Basic credential and ends the user's open streams (a
 /// client reconnects and resyncs under the new rules).
-fn change_user(state: &State, username: &str, changes: Fields) -> Reply {
+fn change_user(state: &State, username: &str, changes: Value) -> Reply {
     let fields = ["password", "tenant_name", "revoked"];
-    let ends_streams = fields.iter().any(|field| changes.contains_key(*field));
-    state.store.update_user(username, changes)?;
+    let ends_streams = fields.iter().any(|field| changes.get(field).is_some());
+    state.store.write_user(username, changes, false)?;
     state.auth.forget(username);
     if ends_streams {
         state.hub.disconnect(username);

@@ -46,11 +46,11 @@ async fn run(config: config::Config) -> Result<(), String> {
         eprintln!("warning: --{name} is the published default; set your own before going live");
     }
     clock::start(&config.ntp_servers, config.ntp_interval).await;
-    let store = store::Store::open(&config.db)?;
+    let hub = hub::Hub::default();
+    let store = store::Store::open(&config.db, hub.clone())?;
     let tls = tls::acceptor(&config).await?;
     let listener = TcpListener::bind(("0.0.0.0", config.port)).await;
     let listener = listener.map_err(|error| format!("cannot listen: {error}"))?;
-    let hub = hub::Hub::default();
     tokio::spawn(hub.clone().maintain(config.keep_alive));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let port = listener

@@ -7,12 +7,13 @@
 //! - `l` + event name → id of the latest event with that name.
 
 use crate::http::{Error, bad};
+use crate::hub::{Hub, Receiver};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Cheap handle to the database, cloned into every request.
@@ -24,6 +25,8 @@ pub struct Store {
 struct Shared {
     db: Database,
     users: Keyspace,
+    /// Where inserted events go live.
+    hub: Hub,
     /// Serializes read-modify-write of user records (unique names, updates).
     /// Held only around synchronous fjall calls, never across an await.
     user_writes: Mutex<()>,
@@ -69,18 +72,20 @@ impl Store {
     /// Opens the database and starts a thread that syncs it to disk every
     /// second. An acknowledged insert is already in the OS, so `kill -9`
     /// cannot lose it; the sync bounds what a power cut can lose.
-    pub fn open(path: &std::path::Path) -> Result<Store, String> {
+    pub fn open(path: &std::path::Path, hub: Hub) -> Result<Store, String> {
         let failed = |error| format!("cannot open --db {}: {error}", path.display());
         let db = Database::builder(path).open().map_err(failed)?;
         let users = db.keyspace("users", KeyspaceCreateOptions::default);
         let users = users.map_err(failed)?;
         let (user_writes, tenants) = (Mutex::default(), Mutex::default());
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             db,
             users,
+            hub,
             user_writes,
             tenants,
-        });
+        };
+        let shared = Arc::new(shared);
         let store = Store { shared };
         let syncing = store.clone();
         std::thread::spawn(move || {
@@ -109,72 +114,65 @@ impl Store {
         Ok(users)
     }
 
-    /// Stores a new user; a taken username is a 400 and changes nothing.
-    pub fn create_user(&self, record: Value) -> Result<(), Error> {
+    /// Writes a user record atomically: a new one with `create` (a taken
+    /// name is a 400), else `changes` merged into the stored one (an unknown
+    /// name is a 400). A refused write changes nothing.
+    pub fn write_user(&self, username: &str, changes: Value, create: bool) -> Result<(), Error> {
         let _writes = lock(&self.shared.user_writes);
-        let user = User(record.as_object().cloned().unwrap_or_default());
-        if self.shared.users.contains_key(user.text("username"))? {
-            return Err(bad("username already exists"));
-        }
-        self.put(user)
-    }
-
-    /// Sets fields of a stored user atomically; an unknown user is a 400.
-    pub fn update_user(&self, username: &str, changes: Map<String, Value>) -> Result<(), Error> {
-        let _writes = lock(&self.shared.user_writes);
-        let mut user = self.user(username)?.ok_or_else(|| bad("unknown user"))?;
-        user.0.extend(changes);
-        self.put(user)
-    }
-
-    fn put(&self, user: User) -> Result<(), Error> {
-        let key = user.text("username").to_string();
+        let mut user = match (self.user(username)?, create) {
+            (None, true) => User(Map::new()),
+            (Some(user), false) => user,
+            (Some(_), true) => return Err(bad("username already exists")),
+            (None, false) => return Err(bad("unknown user")),
+        };
+        user.0
+            .extend(changes.as_object().cloned().unwrap_or_default());
         let record = Value::Object(user.0).to_string();
-        Ok(self.shared.users.insert(key, record)?)
+        Ok(self.shared.users.insert(username, record)?)
     }
 
-    /// Appends an event and returns its id. `publish` gets the frame while
-    /// the tenant is still locked, so every stream sees ids in order.
-    pub fn insert<F>(
-        &self,
-        tenant: &str,
-        name: &str,
-        data: &Value,
-        publish: F,
-    ) -> Result<u64, Error>
-    where
-        F: FnOnce(Bytes),
-    {
-        let tenant = self.tenant(tenant)?;
-        let mut last_id = lock(&tenant.last_id);
+    /// Appends an event, publishes it to the tenant's streams and returns
+    /// its id. The tenant stays locked from id to publication, so every
+    /// stream sees ids in ascending order.
+    pub fn insert(&self, tenant: &str, name: &str, data: &Value) -> Result<u64, Error> {
+        let state = self.tenant(tenant)?;
+        let mut last_id = lock(&state.last_id);
         let id = *last_id + 1;
         let frame = frame(id, name, data);
         let mut value = crate::clock::now_ms().to_be_bytes().to_vec();
         value.extend_from_slice(&frame);
         let mut batch = self.shared.db.batch();
-        batch.insert(&tenant.events, event_key(id), value);
-        batch.insert(&tenant.events, key(b'l', name.as_bytes()), id.to_be_bytes());
+        batch.insert(&state.events, event_key(id), value);
+        batch.insert(&state.events, key(b'l', name.as_bytes()), id.to_be_bytes());
         batch.commit()?;
         *last_id = id;
-        publish(frame);
+        self.shared.hub.publish(tenant, frame);
         Ok(id)
     }
 
-    /// Runs `subscribe` while no insert can happen in the tenant and returns
-    /// its result with the newest id at that moment: later events reach the
-    /// subscriber live, `backlog(.., upto)` supplies earlier ones.
-    pub fn watch<T>(&self, tenant: &str, subscribe: impl FnOnce() -> T) -> Result<(T, u64), Error> {
-        let tenant = self.tenant(tenant)?;
-        let last_id = lock(&tenant.last_id);
-        Ok((subscribe(), *last_id))
-    }
-
-    /// The frames a new stream starts with, oldest first, ids ≤ `upto`:
-    /// with `after`, every stored event after that id (a reconnect's replay);
-    /// without, the latest event of each name (the sync on connect). Read
-    /// lazily, so replaying a long log holds one frame at a time.
-    pub fn backlog(&self, tenant: &str, after: Option<u64>, upto: u64) -> Result<Frames, Error> {
-        let events = self.tenant(tenant)?.events.clone();
+    /// Opens a stream: the frames it starts with, oldest first, and the
+    /// receiver of live ones. With `after`, the start is every stored event
+    /// after that id (a reconnect's replay); without, the latest event of each
+    /// name (the sync on connect). The subscription is made while no insert
+    /// can happen, so nothing falls between the two or arrives twice.
+    pub fn subscribe(
+        &self,
+        caller: &User,
+        expires: Option<u64>,
+        after: Option<u64>,
+    ) -> Result<(Frames, Receiver), Error> {
+        let tenant = caller.text("tenant_name");
+        let state = self.tenant(tenant)?;
+        let last_id = lock(&state.last_id);
+        let receiver = self
+            .shared
+            .hub
+            .subscribe(tenant, caller.text("username"), expires);
+        let upto = *last_id;
+        drop(last_id);
+        let events = state.events.clone();
+        // Later events reach the receiver; the backlog takes ids up to `upto`, lazily,
+        // so replaying a long log holds one frame at a time.
         let values: Box<dyn Iterator<Item = Slice> + Send> = match after {
             Some(after) => {
                 let (start, end) = (after.min(upto) + 1, upto + 1);
@@ -192,9 +190,8 @@ impl Store {
             }
         };
         // Skip the 8-byte insert time in front of each stored frame.
-        Ok(Box::new(values.filter_map(|value| {
-            Some(Bytes::copy_from_slice(value.get(8..)?))
-        })))
+        let frame = |value: Slice| Some(Bytes::copy_from_slice(value.get(8..)?));
+        Ok((Box::new(values.filter_map(frame)), receiver))
     }
 
     fn tenant(&self, name: &str) -> Result<Arc<Tenant>, Error> {
@@ -203,10 +200,8 @@ impl Store {
             return Ok(tenant.clone());
         }
         let keyspace = format!("tenant:{name}");
-        let events = self
-            .shared
-            .db
-            .keyspace(&keyspace, KeyspaceCreateOptions::default)?;
+        let db = &self.shared.db;
+        let events = db.keyspace(&keyspace, KeyspaceCreateOptions::default)?;
         // The newest id is the last key of the log: no scan, whatever its size.
         let last = events.range(key(b'e', &[])..key(b'f', &[])).next_back();
         let last_id = match last {
@@ -258,7 +253,5 @@ fn id_of(bytes: &[u8]) -> Option<u64> {
 /// Locks a mutex, ignoring poisoning: no critical section here leaves data
 /// half-written in memory, so a panic elsewhere must not wedge the server.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
