@@ -3,7 +3,7 @@
 
 use crate::auth::{Auth, Caller};
 use crate::config::Config;
-use crate::hub::{Hub, stream};
+use crate::hub::stream;
 use crate::store::{Store, User};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -51,7 +51,6 @@ const EVENT_STREAM: Headers = &[
 pub struct State {
     pub config: Config,
     pub store: Store,
-    pub hub: Hub,
     pub auth: Auth,
 }
 
@@ -323,16 +322,10 @@ async fn update_user(state: &State, body: &Fields, username: &str) -> Reply {
     change_user(state, username, Value::Object(changes))
 }
 
-/// Stores changes to a user. A change of password, tenant or revocation also
-/// drops the cached Basic credential and ends the user's open streams (a
-/// client reconnects and resyncs under the new rules).
+/// Stores changes to a user and drops its cached Basic credential, so the
+/// next request is checked under the new rules.
 fn change_user(state: &State, username: &str, changes: Value) -> Reply {
-    let fields = ["password", "tenant_name", "revoked"];
-    let ends_streams = fields.iter().any(|field| changes.get(field).is_some());
     state.store.write_user(username, changes, false)?;
     state.auth.forget(username);
-    if ends_streams {
-        state.hub.disconnect(username);
-    }
     ok(json!({}))
 }

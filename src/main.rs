@@ -9,6 +9,7 @@ mod hub;
 mod store;
 mod tls;
 
+use http::State;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -53,16 +54,12 @@ async fn run(config: config::Config) -> Result<(), String> {
     let listener = listener.map_err(|error| format!("cannot listen: {error}"))?;
     tokio::spawn(hub.clone().maintain(config.keep_alive));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let port = listener
-        .local_addr()
-        .map_or(config.port, |address| address.port());
-    eprintln!("broker: serving {scheme} on port {port}");
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    eprintln!("broker: serving {scheme} on port {}", address.port());
     let auth = auth::Auth::new(&config);
-    let (store, hub) = (store.clone(), hub.clone());
-    let state = Arc::new(http::State {
+    let state = Arc::new(State {
         config,
         store: store.clone(),
-        hub: hub.clone(),
         auth,
     });
     let graceful = GracefulShutdown::new();
@@ -73,9 +70,9 @@ async fn run(config: config::Config) -> Result<(), String> {
             () = &mut shutdown => break,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((tcp, _)) => {
                 let watcher = graceful.watcher();
-                tokio::spawn(connection(stream, tls.clone(), state.clone(), watcher));
+                tokio::spawn(connection(tcp, tls.clone(), state.clone(), watcher));
             }
             Err(error) => {
                 // Typically out of file descriptors: wait rather than spin.
@@ -96,33 +93,26 @@ async fn run(config: config::Config) -> Result<(), String> {
 /// One client connection: the TLS handshake if any, then HTTP/1.1 until the
 /// client leaves or shutdown drains it. A failed handshake concerns that
 /// client alone.
-async fn connection(
-    stream: TcpStream,
-    tls: Option<TlsAcceptor>,
-    state: Arc<http::State>,
-    watcher: Watcher,
-) {
-    let _ = stream.set_nodelay(true);
+async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, watcher: Watcher) {
+    let _ = tcp.set_nodelay(true);
     let Some(tls) = tls else {
-        return serve(stream, state, watcher).await;
+        return serve(tcp, state, watcher).await;
     };
-    if let Ok(Ok(stream)) = timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+    if let Ok(Ok(stream)) = timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
         serve(stream, state, watcher).await;
     }
 }
 
-async fn serve<I>(io: I, state: Arc<http::State>, watcher: Watcher)
+async fn serve<I>(io: I, state: Arc<State>, watcher: Watcher)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| http::serve(state.clone(), request));
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    let connection = builder
-        .max_buf_size(MAX_HEADERS)
-        .serve_connection(TokioIo::new(io), service);
+    builder.timer(TokioTimer::new());
+    builder.header_read_timeout(HEADER_TIMEOUT);
+    builder.max_buf_size(MAX_HEADERS);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     let _ = watcher.watch(connection).await;
 }
 

@@ -116,7 +116,11 @@ impl Store {
 
     /// Writes a user record atomically: a new one with `create` (a taken
     /// name is a 400), else `changes` merged into the stored one (an unknown
-    /// name is a 400). A refused write changes nothing.
+    /// name is a 400). A refused write changes nothing. A new password,
+    /// tenant or revocation ends the user's open streams: the client
+    /// reconnects and resyncs under the new rules. A new password,
+    /// tenant or revocation ends the user's open streams: the client
+    /// reconnects and resyncs under the new rules.
     pub fn write_user(&self, username: &str, changes: Value, create: bool) -> Result<(), Error> {
         let _writes = lock(&self.shared.user_writes);
         let mut user = match (self.user(username)?, create) {
@@ -125,10 +129,17 @@ impl Store {
             (Some(_), true) => return Err(bad("username already exists")),
             (None, false) => return Err(bad("unknown user")),
         };
-        user.0
-            .extend(changes.as_object().cloned().unwrap_or_default());
+        let fields = ["password", "tenant_name", "revoked"];
+        let ends_streams = fields.iter().any(|field| changes.get(field).is_some());
+        if let Value::Object(changes) = changes {
+            user.0.extend(changes);
+        }
         let record = Value::Object(user.0).to_string();
-        Ok(self.shared.users.insert(username, record)?)
+        self.shared.users.insert(username, record)?;
+        if ends_streams && !create {
+            self.shared.hub.disconnect(username);
+        }
+        Ok(())
     }
 
     /// Appends an event, publishes it to the tenant's streams and returns
