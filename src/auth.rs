@@ -27,7 +27,7 @@ pub struct Auth {
     /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
     argon_permits: Semaphore,
-    /// Random per process: keys the digests in `verified`.
+    /// Random per process: keys the digests in `verified` and the admin check.
     cache_key: String,
     /// username → keyed digest of a Basic password that matched the stored
     /// hash, so repeated Basic requests skip Argon2. The digest covers the
@@ -54,17 +54,14 @@ impl Auth {
         }
     }
 
-    /// Compares without an early exit, so timing reveals no matching prefix.
+    /// Compares HMACs of both tokens under the random cache key, in
+    /// constant time, so timing reveals nothing about the real token.
     pub fn check_admin(&self, token: &str) -> Result<(), Error> {
-        let (given, expected) = (token.as_bytes(), self.admin_token.as_bytes());
-        let mut difference = given.len() ^ expected.len();
-        for (index, byte) in expected.iter().enumerate() {
-            difference |= usize::from(byte ^ given.get(index).copied().unwrap_or(!byte));
-        }
-        match difference {
-            0 => Ok(()),
-            _ => Err(unauthorized("wrong admin_token")),
-        }
+        let expected = hmac(&self.cache_key, &self.admin_token).finalize();
+        let given = hmac(&self.cache_key, token);
+        given
+            .verify(&expected.into_bytes())
+            .map_err(|_| unauthorized("wrong admin_token"))
     }
 
     /// A signed JWT for `username`, valid for `--jwt_expiry` seconds of NTP time.

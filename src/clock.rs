@@ -2,15 +2,15 @@
 //! servers. Requests read the offset from an atomic and never wait on the
 //! network; a background task refreshes it.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 
 /// Milliseconds to add to the local clock to get NTP time.
 static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
-/// 0 before the first round, 1 after a correction, 2 after a round nobody
-/// answered: only a change is logged, so a dead server list is one line.
-static STATE: AtomicU8 = AtomicU8::new(0);
+/// Whether the last round got an answer: only a change is logged, so a dead
+/// server list costs one line of log, not one an hour.
+static SYNCED: AtomicBool = AtomicBool::new(true);
 
 /// Unix time in milliseconds by the corrected clock.
 pub fn now_ms() -> u64 {
@@ -71,11 +71,10 @@ async fn offset(server: String) -> Option<i64> {
 }
 
 fn report(synced: bool) {
-    let (offset, state) = (OFFSET_MS.load(Relaxed), 1 + u8::from(!synced));
-    if STATE.swap(state, Relaxed) != state {
-        match synced {
-            true => eprintln!("ntp: clock offset {offset} ms"),
-            false => eprintln!("ntp: no server answered; using local clock + {offset} ms"),
-        }
+    let offset = OFFSET_MS.load(Relaxed);
+    match (SYNCED.swap(synced, Relaxed), synced) {
+        (false, true) => eprintln!("ntp: clock corrected, offset {offset} ms"),
+        (true, false) => eprintln!("ntp: no server answered; using local clock + {offset} ms"),
+        _ => {}
     }
 }

@@ -260,8 +260,11 @@ async fn sse(state: &State, request: HttpRequest) -> Reply {
     });
     let after = last_event_id.transpose()?;
     let (backlog, receiver) = state.store.subscribe(&user, expires, after)?;
-    let body = stream(backlog, receiver).boxed_unsync();
-    Ok(respond(StatusCode::OK, body, EVENT_STREAM))
+    Ok(respond(
+        StatusCode::OK,
+        stream(backlog, receiver),
+        EVENT_STREAM,
+    ))
 }
 
 /// The admin calls: the body's admin_token is checked before anything else,

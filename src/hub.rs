@@ -1,12 +1,12 @@
 //! Live fan-out: the open SSE streams of every tenant, and the response body
 //! that feeds one stream from its channel.
 
-use crate::store::lock;
+use crate::http::Body;
+use crate::store::{Frames, lock};
 use bytes::Bytes;
-use http_body_util::StreamBody;
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -15,6 +15,8 @@ use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 /// Frames a subscriber may fall behind before it is cut off: a stream that
 /// cannot keep up resumes with Last-Event-ID instead of slowing anyone else.
 const QUEUE: usize = 256;
+/// The keep-alive comment.
+const PING: Bytes = Bytes::from_static(b":\n\n");
 
 /// Cheap handle to the subscriber lists, cloned into every request.
 #[derive(Clone, Default)]
@@ -74,15 +76,11 @@ impl Hub {
             ticks.tick().await;
             let now = crate::clock::now();
             let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
-            self.retain(
-                |subscriber| match subscriber.expires.is_none_or(|at| at > now) {
-                    true if ping => subscriber
-                        .sender
-                        .try_send(Bytes::from_static(b":\n\n"))
-                        .is_ok(),
-                    alive => alive && !subscriber.sender.is_closed(),
-                },
-            );
+            self.retain(|subscriber| {
+                let sender = &subscriber.sender;
+                let open = !sender.is_closed() && (!ping || sender.try_send(PING).is_ok());
+                open && subscriber.expires.is_none_or(|expires| expires > now)
+            });
         }
     }
 
@@ -99,10 +97,7 @@ pub type Receiver = mpsc::Receiver<Bytes>;
 /// The body of a `text/event-stream` response: the stored backlog, then live
 /// frames until the hub drops the sender, which ends the response with the
 /// chunked terminator rather than a cut connection.
-pub fn stream(
-    backlog: impl Iterator<Item = Bytes> + Send + 'static,
-    receiver: Receiver,
-) -> impl hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static {
+pub fn stream(backlog: Frames, receiver: Receiver) -> Body {
     let frames = tokio_stream::iter(backlog).chain(ReceiverStream::new(receiver));
-    StreamBody::new(frames.map(|frame| Ok(Frame::data(frame))))
+    StreamBody::new(frames.map(|frame| Ok(Frame::data(frame)))).boxed_unsync()
 }
