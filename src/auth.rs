@@ -59,9 +59,8 @@ impl Auth {
     pub fn check_admin(&self, token: &str) -> Result<(), Error> {
         let expected = hmac(&self.cache_key, &self.admin_token).finalize();
         let given = hmac(&self.cache_key, token);
-        given
-            .verify(&expected.into_bytes())
-            .map_err(|_| unauthorized("wrong admin_token"))
+        let matched = given.verify(&expected.into_bytes());
+        matched.map_err(|_| unauthorized("wrong admin_token"))
     }
 
     /// A signed JWT for `username`, valid for `--jwt_expiry` seconds of NTP time.
@@ -88,10 +87,8 @@ impl Auth {
         let mac = hmac(&self.jwt_secret, signed);
         mac.verify_slice(&signature).map_err(|_| invalid())?;
         let claims = decode_json(claims)?;
-        let expires = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .ok_or_else(invalid)?;
+        let expires = claims.get("exp").and_then(Value::as_u64);
+        let expires = expires.ok_or_else(invalid)?;
         if expires <= crate::clock::now() {
             return Err(unauthorized("token expired"));
         }
@@ -113,10 +110,8 @@ impl Auth {
             "bearer" => {
                 let (username, expires) = self.verify_jwt(credentials.trim())?;
                 let user = store.user(&username)?;
-                (
-                    user.ok_or_else(|| unauthorized("unknown user"))?,
-                    Some(expires),
-                )
+                let user = user.ok_or_else(|| unauthorized("unknown user"))?;
+                (user, Some(expires))
             }
             "basic" => {
                 let invalid = || unauthorized("malformed Basic credentials");
@@ -138,15 +133,13 @@ impl Auth {
     pub async fn login(&self, store: &Store, name: &str, password: &str) -> Result<User, Error> {
         let wrong = || unauthorized("wrong username or password");
         let user = store.user(name)?;
-        let stored = user
-            .as_ref()
-            .map_or(&*self.decoy, |user| user.text("password"));
+        let stored = user.as_ref().map(|user| user.text("password"));
+        let stored = stored.unwrap_or(&self.decoy);
         // Length-prefixed parts, so ("ab", "c") and ("a", "bc") differ.
         let message = [name, password, stored].map(|part| format!("{}:{part}", part.len()));
-        let digest = hmac(&self.cache_key, &message.concat())
-            .finalize()
-            .into_bytes();
-        if lock(&self.verified).get(name) == Some(&digest.to_vec()) {
+        let digest = hmac(&self.cache_key, &message.concat()).finalize();
+        let digest = digest.into_bytes().to_vec();
+        if lock(&self.verified).get(name) == Some(&digest) {
             return user.ok_or_else(wrong);
         }
         let (password, stored) = (password.to_string(), stored.to_string());
@@ -156,7 +149,7 @@ impl Auth {
         if verified.len() >= CACHE_LIMIT {
             verified.clear();
         }
-        verified.insert(name.to_string(), digest.to_vec());
+        verified.insert(name.to_string(), digest);
         Ok(user)
     }
 
@@ -199,9 +192,8 @@ fn hash(password: &str) -> Result<String, Error> {
     let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes());
     let salt = salt.map_err(|_| internal("salt encoding failed"))?;
     let hash = argon2().hash_password(password.as_bytes(), &salt);
-    Ok(hash
-        .map_err(|_| internal("password hashing failed"))?
-        .to_string())
+    let hash = hash.map_err(|_| internal("password hashing failed"))?;
+    Ok(hash.to_string())
 }
 
 fn verify(password: &str, stored: &str) -> bool {

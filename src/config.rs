@@ -67,10 +67,8 @@ impl Config {
                 Some((name, value)) => (name, Some(value.to_string())),
                 None => (flag, None),
             };
-            let (name, default, _) = FLAGS
-                .iter()
-                .find(|(known, ..)| *known == name)
-                .ok_or(format!("unknown flag --{name} (see --help)"))?;
+            let known = FLAGS.iter().find(|(known, ..)| *known == name);
+            let (name, default, _) = known.ok_or(format!("unknown flag --{name} (see --help)"))?;
             let boolean = ["true", "false"].contains(default);
             let value = match inline {
                 Some(value) => Some(value),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 use std::convert::Infallible;
@@ -104,14 +104,8 @@ async fn route(state: &State, request: HttpRequest, path: &str) -> Reply {
         (&Method::GET, "/sse") => sse(state, request).await,
         (&Method::POST, "/insert") => insert(state, request).await,
         (&Method::GET, "/verify") => verify(state, request).await,
-        (&Method::POST, _) if ADMIN_PATHS.split(' ').any(|known| known == path) => {
-            admin(state, request, path).await
-        }
-        _ if PATHS
-            .split(' ')
-            .chain(ADMIN_PATHS.split(' '))
-            .any(|known| known == path) =>
-        {
+        (&Method::POST, _) if listed(ADMIN_PATHS, path) => admin(state, request, path).await,
+        _ if listed(PATHS, path) || listed(ADMIN_PATHS, path) => {
             let reason = format!("method not allowed on {path}");
             Err(Error(StatusCode::METHOD_NOT_ALLOWED, reason))
         }
@@ -119,16 +113,16 @@ async fn route(state: &State, request: HttpRequest, path: &str) -> Reply {
     }
 }
 
+fn listed(paths: &str, path: &str) -> bool {
+    paths.split(' ').any(|known| known == path)
+}
+
 fn respond(status: StatusCode, body: Body, headers: Headers) -> Response<Body> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
+    let mut response = Response::builder().status(status);
     for (name, value) in headers {
-        let name = HeaderName::from_static(name);
-        response
-            .headers_mut()
-            .insert(name, HeaderValue::from_static(value));
+        response = response.header(*name, *value);
     }
-    response
+    response.body(body).unwrap_or_default()
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Body> {
@@ -184,14 +178,10 @@ fn optional_text<'a>(body: &'a Fields, field: &str) -> Result<Option<&'a str>, E
 
 /// The authenticated user of a request, and when its JWT expires.
 async fn caller(state: &State, request: &HttpRequest) -> Result<Caller, Error> {
-    let header = request
-        .headers()
-        .get("authorization")
-        .map(HeaderValue::to_str);
-    let header = header
-        .transpose()
-        .map_err(|_| unauthorized("bad Authorization"));
-    state.auth.authenticate(&state.store, header?).await
+    let header = request.headers().get("authorization");
+    let header = header.map(HeaderValue::to_str).transpose();
+    let header = header.map_err(|_| unauthorized("bad Authorization"))?;
+    state.auth.authenticate(&state.store, header).await
 }
 
 /// `Ok(value)` if `valid`, else a 400 saying what the field must be.
@@ -252,14 +242,14 @@ async fn insert(state: &State, request: HttpRequest) -> Reply {
 }
 
 async fn sse(state: &State, request: HttpRequest) -> Reply {
-    let (user, expires) = caller(state, &request).await?;
+    let caller = caller(state, &request).await?;
     let last_event_id = request.headers().get("last-event-id").map(|value| {
         let id = value.to_str().map(str::trim);
         let id = id.ok().and_then(|id| id.parse().ok());
         id.ok_or_else(|| bad("Last-Event-ID must be a number"))
     });
     let after = last_event_id.transpose()?;
-    let (backlog, receiver) = state.store.subscribe(&user, expires, after)?;
+    let (backlog, receiver) = state.store.subscribe(&caller, after)?;
     Ok(respond(
         StatusCode::OK,
         stream(backlog, receiver),

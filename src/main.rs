@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request head hyper buffers; a bigger one is answered 431.
+/// Largest request head accepted; a bigger one is answered 431.
 const MAX_HEADERS: usize = 64 * 1024;
 
 #[tokio::main]
@@ -111,7 +111,7 @@ where
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new());
     builder.header_read_timeout(HEADER_TIMEOUT);
-    builder.max_buf_size(MAX_HEADERS);
+    builder.max_header_size(MAX_HEADERS);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let _ = watcher.watch(connection).await;
 }

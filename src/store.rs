@@ -6,6 +6,7 @@
 //!   frame, stored ready to send so a replay never re-encodes;
 //! - `l` + event name → id of the latest event with that name.
 
+use crate::auth::Caller;
 use crate::http::{Error, bad};
 use crate::hub::{Hub, Receiver};
 use bytes::Bytes;
@@ -168,17 +169,14 @@ impl Store {
     /// can happen, so nothing falls between the two or arrives twice.
     pub fn subscribe(
         &self,
-        caller: &User,
-        expires: Option<u64>,
+        caller: &Caller,
         after: Option<u64>,
     ) -> Result<(Frames, Receiver), Error> {
-        let tenant = caller.text("tenant_name");
+        let ((user, expires), hub) = (caller, &self.shared.hub);
+        let tenant = user.text("tenant_name");
         let state = self.tenant(tenant)?;
         let last_id = lock(&state.last_id);
-        let receiver = self
-            .shared
-            .hub
-            .subscribe(tenant, caller.text("username"), expires);
+        let receiver = hub.subscribe(tenant, user.text("username"), *expires);
         let upto = *last_id;
         drop(last_id);
         let events = state.events.clone();
