@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond Rust, idempotently:
+# - Node.js and npm (Debian's) if missing, then broker-client@0.0.8 and esbuild
+#   from npm, bundling tests/client/client.mjs for Node 20;
+# - Debian's pebble (Let's Encrypt's test ACME server) for the ACME test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+cd tests/client
+if [ ! -d node_modules/broker-client ] || [ ! -d node_modules/esbuild ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+npm run --silent build
