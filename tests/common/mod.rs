@@ -3,6 +3,8 @@
 //! tests see exactly the bytes a client would.
 #![allow(dead_code)]
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,8 +16,20 @@ use std::time::Duration;
 
 pub const ADMIN: &str = "letmein";
 
-pub struct Broker {
+/// A byte stream, plain TCP or TLS over it.
+pub trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
+/// Speaks HTTP or HTTPS to a port.
+pub struct Client {
     pub port: u16,
+    /// Set for HTTPS: the client configuration and the server name.
+    pub tls: Option<(Arc<ClientConfig>, String)>,
+}
+
+/// A running broker process; derefs to a `Client` for its port.
+pub struct Broker {
+    pub client: Client,
     pub db: PathBuf,
     /// Every line the broker wrote to stderr so far.
     pub log: Arc<Mutex<Vec<String>>>,
@@ -120,7 +134,7 @@ impl Broker {
                 panic!("broker did not start: {:?}", log.lock().unwrap())
             });
         Broker {
-            port,
+            client: Client { port, tls: None },
             db: db.to_path_buf(),
             log,
             child,
@@ -168,17 +182,32 @@ impl Broker {
         self.child.wait().unwrap();
     }
 
+}
+
+impl Client {
+    /// A plain TCP connection to the broker's port.
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         stream
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
-        stream
+    }
+
+    /// A connection speaking HTTPS when the broker does, with the TCP socket
+    /// kept alongside for read timeouts.
+    pub fn open(&self) -> (Box<dyn Io>, TcpStream) {
+        let tcp = self.connect();
+        let handle = tcp.try_clone().unwrap();
+        let Some((config, name)) = &self.tls else {
+            return (Box::new(tcp), handle);
+        };
+        let name = ServerName::try_from(name.clone()).unwrap();
+        let connection = ClientConnection::new(config.clone(), name).unwrap();
+        (Box::new(StreamOwned::new(connection, tcp)), handle)
     }
 
     /// Sends raw bytes on a new connection and reads the whole response.
     pub fn raw(&self, bytes: &[u8]) -> Reply {
-        let mut stream = self.connect();
+        let (mut stream, _) = self.open();
         stream.write_all(bytes).unwrap();
         read_reply(&mut BufReader::new(stream))
     }
@@ -258,7 +287,7 @@ impl Broker {
 
     /// Opens `/sse`; the status and headers are read, the body is left to `Sse`.
     pub fn sse(&self, headers: &[(&str, &str)]) -> Sse {
-        let mut stream = self.connect();
+        let (mut stream, tcp) = self.open();
         let mut request = "GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_string();
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
@@ -275,12 +304,27 @@ impl Broker {
         );
         Sse {
             reader,
+            tcp,
             head,
             body: Vec::new(),
             parsed: Vec::new(),
             parsed_bytes: 0,
             ended: false,
         }
+    }
+}
+
+impl std::ops::Deref for Broker {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Broker {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 }
 
@@ -351,7 +395,8 @@ fn read_chunk(reader: &mut impl BufRead) -> Option<Vec<u8>> {
 
 /// An open SSE stream.
 pub struct Sse {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Io>>,
+    tcp: TcpStream,
     pub head: String,
     /// Every body byte received so far.
     pub body: Vec<u8>,
@@ -406,7 +451,7 @@ impl Sse {
     /// Reads until the server ends the response with the chunked terminator;
     /// panics after `limit` or on a cut connection.
     pub fn wait_end(&mut self, limit: Duration) {
-        self.reader.get_ref().set_read_timeout(Some(limit)).unwrap();
+        self.tcp.set_read_timeout(Some(limit)).unwrap();
         while !self.ended {
             self.read_chunk();
         }
@@ -414,16 +459,13 @@ impl Sse {
 
     /// Whether nothing more arrives within `wait`.
     pub fn quiet_for(&mut self, wait: Duration) -> bool {
-        self.reader.get_ref().set_read_timeout(Some(wait)).unwrap();
+        self.tcp.set_read_timeout(Some(wait)).unwrap();
         let quiet = self
             .reader
             .fill_buf()
             .map(|buffer| buffer.is_empty())
             .is_err();
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(Duration::from_secs(15)))
-            .unwrap();
+        self.tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
         quiet
     }
 }
