@@ -8,8 +8,7 @@ use tokio::task::JoinSet;
 
 /// Milliseconds to add to the local clock to get NTP time.
 static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
-/// Whether the last round got an answer: only a change is logged, so a dead
-/// server list costs one line of log, not one an hour.
+/// Whether the last round got an answer.
 static SYNCED: AtomicBool = AtomicBool::new(true);
 
 /// Unix time in milliseconds by the corrected clock.
@@ -70,11 +69,14 @@ async fn offset(server: String) -> Option<i64> {
     Some((result.clock_offset().as_secs_f64() * 1000.0) as i64)
 }
 
+/// Logs every correction, but a failure only after a success (or at start),
+/// so a dead server list costs one line of log, not one an hour.
 fn report(synced: bool) {
     let offset = OFFSET_MS.load(Relaxed);
-    match (SYNCED.swap(synced, Relaxed), synced) {
-        (false, true) => eprintln!("ntp: clock corrected, offset {offset} ms"),
-        (true, false) => eprintln!("ntp: no server answered; using local clock + {offset} ms"),
-        _ => {}
+    let was_synced = SYNCED.swap(synced, Relaxed);
+    if synced {
+        eprintln!("ntp: clock corrected, offset {offset} ms");
+    } else if was_synced {
+        eprintln!("ntp: no server answered; using local clock + {offset} ms");
     }
 }

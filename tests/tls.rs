@@ -24,11 +24,16 @@ fn pki(dir: &Path, names: &[&str]) -> Pki {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "Broker test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Broker test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-    let leaf = CertificateParams::new(names).unwrap().signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
     let pki = Pki {
         ca: ca.pem(),
         key: dir.join("key.pem"),
@@ -48,7 +53,9 @@ fn client(roots_pem: &str) -> Arc<ClientConfig> {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap();
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap();
     Arc::new(config.with_root_certificates(roots).with_no_client_auth())
 }
 
@@ -57,7 +64,12 @@ use rustls_pki_types::pem::PemObject;
 fn https_broker(dir: &Path, pki: &Pki, extra: &[&str]) -> Broker {
     let key = format!("--key_path={}", pki.key.display());
     let chain = format!("--cert_path={}", pki.chain.display());
-    let mut args = vec!["--secure", "--auto_cert=false", key.as_str(), chain.as_str()];
+    let mut args = vec![
+        "--secure",
+        "--auto_cert=false",
+        key.as_str(),
+        chain.as_str(),
+    ];
     args.extend_from_slice(extra);
     let mut broker = Broker::start_on(&dir.join("db"), &args);
     broker.tls = Some((client(&pki.ca), "localhost".to_string()));
@@ -94,18 +106,32 @@ fn plain_http_and_broken_handshakes_fail_alone() {
     let _silent = broker.connect();
     // Plain HTTP gets no HTTP answer, just a closed connection (or a TLS alert).
     let mut plain = broker.connect();
-    plain.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     let mut answer = Vec::new();
     let _ = plain.read_to_end(&mut answer);
-    assert!(!answer.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     // A client that does not trust the certificate fails its handshake...
     let other = dir.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let stranger = client(&pki(&other, &["localhost"]).ca);
-    let untrusting = Client { port: broker.port, tls: Some((stranger, "localhost".into())) };
+    let untrusting = Client {
+        port: broker.port,
+        tls: Some((stranger, "localhost".into())),
+    };
     let mut stream = untrusting.open().0;
-    let request = stream.write_all(b"GET / HTTP/1.1\r\n\r\n").and_then(|_| stream.flush());
-    assert!(request.is_err(), "the handshake must fail for an unknown CA");
+    let request = stream
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .and_then(|_| stream.flush());
+    assert!(
+        request.is_err(),
+        "the handshake must fail for an unknown CA"
+    );
     // ...and the server goes on serving everyone else.
     assert_eq!(broker.get("/", &[]).status, 200);
 }
@@ -125,7 +151,12 @@ fn a_missing_or_bad_key_or_chain_stops_start_up_naming_the_file() {
     ];
     for (key, chain, named) in cases {
         let output = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args(["--secure", "--auto_cert=false", "--port=0", "--ntp_servers="])
+            .args([
+                "--secure",
+                "--auto_cert=false",
+                "--port=0",
+                "--ntp_servers=",
+            ])
             .arg(format!("--db={}", dir.path().join("db").display()))
             .arg(format!("--key_path={}", key.display()))
             .arg(format!("--cert_path={}", chain.display()))
@@ -146,18 +177,28 @@ fn secure_defaults_to_port_443_and_honours_an_explicit_port() {
     let key = format!("--key_path={}", pki.key.display());
     let chain = format!("--cert_path={}", pki.chain.display());
     let mut command = Command::new(env!("CARGO_BIN_EXE_broker"));
-    command.args(["--secure", "--auto_cert=false", "--ntp_servers=", &key, &chain]);
+    command.args([
+        "--secure",
+        "--auto_cert=false",
+        "--ntp_servers=",
+        &key,
+        &chain,
+    ]);
     command.arg(format!("--db={}", dir.path().join("db443").display()));
     let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let (log, _) = collect_log(child.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !log.lock().unwrap().iter().any(|line| line.contains("port")) && Instant::now() < deadline {
+    while !log.lock().unwrap().iter().any(|line| line.contains("port")) && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
     let lines = log.lock().unwrap().join("\n");
-    assert!(lines.contains("serving https on port 443") || lines.contains("cannot listen"), "{lines}");
+    assert!(
+        lines.contains("serving https on port 443") || lines.contains("cannot listen"),
+        "{lines}"
+    );
 }
 
 /// pebble and its DNS helper, on ports of their own, torn down on drop.
@@ -176,8 +217,15 @@ impl Pebble {
     fn start(dir: &Path, tls_port: u16, ports: (u16, u16, u16)) -> Pebble {
         let (listen, management, dns) = ports;
         for tool in ["pebble", "pebble-challtestsrv"] {
-            let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap();
-            assert!(found.status.success(), "{tool} is missing: run scripts/setup-tests.sh");
+            let found = Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .unwrap();
+            assert!(
+                found.status.success(),
+                "{tool} is missing: run scripts/setup-tests.sh"
+            );
         }
         let dir = dir.join("pebble");
         std::fs::create_dir_all(&dir).unwrap();
@@ -193,8 +241,22 @@ impl Pebble {
         std::fs::write(&config_file, config.to_string()).unwrap();
         let log = dir.join("pebble.log");
         let challtestsrv = Command::new("pebble-challtestsrv")
-            .args(["-dns01", &format!("127.0.0.1:{dns}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{}", free_port()), "-defaultIPv6", ""])
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{}", free_port()),
+                "-defaultIPv6",
+                "",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -202,7 +264,12 @@ impl Pebble {
         // Validation is real (no PEBBLE_VA_ALWAYS_VALID); NOSLEEP only skips
         // pebble's random delays, and nonces are still rejected at random.
         let pebble = Command::new("pebble")
-            .args(["-config", config_file.to_str().unwrap(), "-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args([
+                "-config",
+                config_file.to_str().unwrap(),
+                "-dnsserver",
+                &format!("127.0.0.1:{dns}"),
+            ])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
@@ -224,13 +291,20 @@ impl Pebble {
     }
 
     fn issued(&self) -> usize {
-        std::fs::read_to_string(&self.log).unwrap_or_default().matches("Issued certificate").count()
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("Issued certificate")
+            .count()
     }
 
     /// pebble's root CA, from its management interface.
     fn root(&self) -> String {
         let tls = Some((client(&self.https_ca), "localhost".to_string()));
-        let reply = Client { port: self.management, tls }.get("/roots/0", &[]);
+        let reply = Client {
+            port: self.management,
+            tls,
+        }
+        .get("/roots/0", &[]);
         assert_eq!(reply.status, 200);
         String::from_utf8(reply.body).unwrap()
     }
@@ -248,7 +322,11 @@ impl Drop for Pebble {
 fn wait_for(broker: &Broker, text: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
     while !broker.logged(text) {
-        assert!(Instant::now() < deadline, "no {text:?} in {:?}", broker.log.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} in {:?}",
+            broker.log.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -284,7 +362,10 @@ fn auto_cert_obtains_a_certificate_from_pebble_and_reuses_it_after_restart() {
     // Random badNonce rejections make the client retry with backoff.
     wait_for(&broker, "acme: DeployedNewCert", Duration::from_secs(120));
     assert_eq!(pebble.issued(), 1);
-    assert!(std::fs::read_dir(&certs).unwrap().count() >= 2, "account key and certificate cached");
+    assert!(
+        std::fs::read_dir(&certs).unwrap().count() >= 2,
+        "account key and certificate cached"
+    );
 
     // The certificate is for the domain and chains to pebble's root: a client
     // trusting nothing else completes the handshake for that name.

@@ -181,14 +181,15 @@ impl Broker {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
-
 }
 
 impl Client {
     /// A plain TCP connection to the broker's port.
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
         stream
     }
 
@@ -465,7 +466,9 @@ impl Sse {
             .fill_buf()
             .map(|buffer| buffer.is_empty())
             .is_err();
-        self.tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        self.tcp
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
         quiet
     }
 }
