@@ -360,7 +360,7 @@ fn auto_cert_obtains_a_certificate_from_pebble_and_reuses_it_after_restart() {
     assert_eq!(pebble.directory, directory);
     let mut broker = Broker::start_on(&db, &borrowed);
     // Random badNonce rejections make the client retry with backoff.
-    wait_for(&broker, "acme: DeployedNewCert", Duration::from_secs(120));
+    wait_for(&broker, "DeployedNewCert", Duration::from_secs(120));
     assert_eq!(pebble.issued(), 1);
     assert!(
         std::fs::read_dir(&certs).unwrap().count() >= 2,
@@ -375,7 +375,7 @@ fn auto_cert_obtains_a_certificate_from_pebble_and_reuses_it_after_restart() {
     // A restart with the same --certs serves the cached certificate: no new order.
     assert_eq!(broker.stop(), Some(0));
     let mut again = Broker::start_on(&db, &borrowed);
-    wait_for(&again, "acme: DeployedCachedCert", Duration::from_secs(30));
+    wait_for(&again, "DeployedCachedCert", Duration::from_secs(30));
     again.tls = Some((client(&pebble.root()), domain.to_string()));
     assert_eq!(again.get("/", &[]).status, 200);
     std::thread::sleep(Duration::from_millis(500));

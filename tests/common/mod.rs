@@ -84,14 +84,12 @@ pub fn collect_log(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>
     let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(port) = line
-                .contains("serving")
-                .then(|| line.rsplit(' ').next())
-                .flatten()
-            {
-                let _ = sender.send(port.parse().unwrap());
-            }
+            let port = line.contains("serving").then(|| line.rsplit(' ').next());
+            let port = port.flatten().map(|port| port.parse().unwrap());
             lines.lock().unwrap().push(line);
+            if let Some(port) = port {
+                let _ = sender.send(port);
+            }
         }
     });
     (log, port)
