@@ -92,10 +92,8 @@ impl Auth {
         if expires <= crate::clock::now() {
             return Err(unauthorized("token expired"));
         }
-        match (
-            claims.get("iss") == Some(&json!("Broker")),
-            claims.get("sub"),
-        ) {
+        let issuer = claims.get("iss") == Some(&json!("Broker"));
+        match (issuer, claims.get("sub")) {
             (true, Some(Value::String(username))) => Ok((username.clone(), expires)),
             _ => Err(invalid()),
         }
@@ -165,10 +163,11 @@ impl Auth {
     }
 
     /// Runs Argon2 work on the blocking pool, one job per core at most.
-    async fn argon<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, Error> {
+    async fn argon<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let _permit = self.argon_permits.acquire().await;
         let done = tokio::task::spawn_blocking(work).await;
         done.map_err(|_| internal("password hashing failed"))

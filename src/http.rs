@@ -137,12 +137,8 @@ fn ok(body: Value) -> Reply {
 /// Reads a JSON object body of at most `--max_body` bytes.
 async fn json_body(state: &State, request: HttpRequest) -> Result<Fields, Error> {
     let limit = state.config.max_body;
-    let too_large = || {
-        Error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over {limit} bytes"),
-        )
-    };
+    let reason = format!("body over {limit} bytes");
+    let too_large = || Error(StatusCode::PAYLOAD_TOO_LARGE, reason.clone());
     // An honest Content-Length over the limit is refused before reading.
     if request.body().size_hint().lower() > limit as u64 {
         return Err(too_large());
@@ -250,11 +246,8 @@ async fn sse(state: &State, request: HttpRequest) -> Reply {
     });
     let after = last_event_id.transpose()?;
     let (backlog, receiver) = state.store.subscribe(&caller, after)?;
-    Ok(respond(
-        StatusCode::OK,
-        stream(backlog, receiver),
-        EVENT_STREAM,
-    ))
+    let body = stream(backlog, receiver);
+    Ok(respond(StatusCode::OK, body, EVENT_STREAM))
 }
 
 /// The admin calls: the body's admin_token is checked before anything else,

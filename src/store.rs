@@ -17,22 +17,19 @@ use std::fmt::Write;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-/// Cheap handle to the database, cloned into every request.
+/// Cheap handle to the database, cloned into every request: fjall's handles
+/// are reference-counted, and so is the rest.
 #[derive(Clone)]
 pub struct Store {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
     db: Database,
     users: Keyspace,
     /// Where inserted events go live.
     hub: Hub,
     /// Serializes read-modify-write of user records (unique names, updates).
     /// Held only around synchronous fjall calls, never across an await.
-    user_writes: Mutex<()>,
+    user_writes: Arc<Mutex<()>>,
     /// Tenants touched since start, each recovered lazily on first use.
-    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+    tenants: Arc<Mutex<HashMap<String, Arc<Tenant>>>>,
 }
 
 /// A tenant's keyspace and the id of its newest event. The mutex orders
@@ -78,16 +75,14 @@ impl Store {
         let db = Database::builder(path).open().map_err(failed)?;
         let users = db.keyspace("users", KeyspaceCreateOptions::default);
         let users = users.map_err(failed)?;
-        let (user_writes, tenants) = (Mutex::default(), Mutex::default());
-        let shared = Shared {
+        let (user_writes, tenants) = (Arc::default(), Arc::default());
+        let store = Store {
             db,
             users,
             hub,
             user_writes,
             tenants,
         };
-        let shared = Arc::new(shared);
-        let store = Store { shared };
         let syncing = store.clone();
         std::thread::spawn(move || {
             while syncing.persist().is_ok() {
@@ -98,21 +93,20 @@ impl Store {
     }
 
     pub fn persist(&self) -> Result<(), String> {
-        let synced = self.shared.db.persist(PersistMode::SyncAll);
+        let synced = self.db.persist(PersistMode::SyncAll);
         synced.map_err(|error| format!("cannot sync the database: {error}"))
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
-        let record = self.shared.users.get(username)?;
+        let record = self.users.get(username)?;
         Ok(record.and_then(|bytes| User::parse(&bytes)))
     }
 
     pub fn users(&self) -> Result<Vec<User>, Error> {
-        let mut users = Vec::new();
-        for entry in self.shared.users.iter() {
-            users.extend(User::parse(&entry.value()?));
-        }
-        Ok(users)
+        let records = self.users.iter().map(|entry| entry.value());
+        let records = records.collect::<fjall::Result<Vec<_>>>()?;
+        let users = records.iter().filter_map(|record| User::parse(record));
+        Ok(users.collect())
     }
 
     /// Writes a user record atomically: a new one with `create` (a taken
@@ -123,7 +117,7 @@ impl Store {
     /// tenant or revocation ends the user's open streams: the client
     /// reconnects and resyncs under the new rules.
     pub fn write_user(&self, username: &str, changes: Value, create: bool) -> Result<(), Error> {
-        let _writes = lock(&self.shared.user_writes);
+        let _writes = lock(&self.user_writes);
         let mut user = match (self.user(username)?, create) {
             (None, true) => User(Map::new()),
             (Some(user), false) => user,
@@ -136,9 +130,9 @@ impl Store {
             user.0.extend(changes);
         }
         let record = Value::Object(user.0).to_string();
-        self.shared.users.insert(username, record)?;
+        self.users.insert(username, record)?;
         if ends_streams && !create {
-            self.shared.hub.disconnect(username);
+            self.hub.disconnect(username);
         }
         Ok(())
     }
@@ -153,12 +147,12 @@ impl Store {
         let frame = frame(id, name, data);
         let mut value = crate::clock::now_ms().to_be_bytes().to_vec();
         value.extend_from_slice(&frame);
-        let mut batch = self.shared.db.batch();
+        let mut batch = self.db.batch();
         batch.insert(&state.events, event_key(id), value);
         batch.insert(&state.events, key(b'l', name.as_bytes()), id.to_be_bytes());
         batch.commit()?;
         *last_id = id;
-        self.shared.hub.publish(tenant, frame);
+        self.hub.publish(tenant, frame);
         Ok(id)
     }
 
@@ -172,7 +166,7 @@ impl Store {
         caller: &Caller,
         after: Option<u64>,
     ) -> Result<(Frames, Receiver), Error> {
-        let ((user, expires), hub) = (caller, &self.shared.hub);
+        let ((user, expires), hub) = (caller, &self.hub);
         let tenant = user.text("tenant_name");
         let state = self.tenant(tenant)?;
         let last_id = lock(&state.last_id);
@@ -204,12 +198,12 @@ impl Store {
     }
 
     fn tenant(&self, name: &str) -> Result<Arc<Tenant>, Error> {
-        let mut tenants = lock(&self.shared.tenants);
+        let mut tenants = lock(&self.tenants);
         if let Some(tenant) = tenants.get(name) {
             return Ok(tenant.clone());
         }
         let keyspace = format!("tenant:{name}");
-        let db = &self.shared.db;
+        let db = &self.db;
         let events = db.keyspace(&keyspace, KeyspaceCreateOptions::default)?;
         // The newest id is the last key of the log: no scan, whatever its size.
         let last = events.range(key(b'e', &[])..key(b'f', &[])).next_back();
