@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs Broker's benchmark against a fresh release build: fan-out, idle streams,
+# inserts and start-up, printing a JSON line per figure and a Markdown table.
+#   scripts/bench.sh               broker alone
+#   scripts/bench.sh --with-nchan  also nginx + nchan on the same machine (installs
+#                                  Debian's nginx-light and libnginx-mod-nchan)
+# Extra arguments go to the benchmark (e.g. --only fanout,insert).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ " $* " == *" --with-nchan "* ]] && [ ! -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq nginx-light libnginx-mod-nchan >/dev/null
+  # Debian starts the packaged nginx on port 80; the benchmark runs its own.
+  systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || pkill -x nginx || true
+fi
+cargo build --release --quiet
+cargo build --release --quiet --manifest-path bench/Cargo.toml
+ulimit -n "$(ulimit -Hn)"
+exec bench/target/release/broker-bench --broker target/release/broker "$@"
