@@ -87,7 +87,7 @@ async fn run(config: config::Config) -> Result<(), String> {
     if timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         eprintln!("broker: gave up waiting for open connections");
     }
-    store.persist()
+    store.close()
 }
 
 /// One client connection: the TLS handshake if any, then HTTP/1.1 until the

@@ -125,19 +125,21 @@ fn start_broker(binary: &str, db: Option<&std::path::Path>) -> (Server, Duration
         .expect("broker binary");
     let server = Server { kind: Kind::Broker, name: "broker".into(), port, child, _dir: dir };
     // Serving means answering a request, not just accepting connections.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     wait_port(port, Duration::from_secs(30));
-    rt.block_on(async {
-        loop {
-            if let Ok(mut connection) = Connection::open(port).await {
-                if matches!(connection.request("GET", "/", &[], "").await, Ok((200, _))) {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
-    });
+    while !healthy(port) {
+        std::thread::sleep(Duration::from_micros(500));
+    }
     (server, started.elapsed())
+}
+
+/// A blocking `GET /` that answered 200.
+fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.1 200")
 }
 
 fn start_nchan() -> Server {
@@ -508,7 +510,7 @@ async fn insert(server: &Server, label: &str, basic: bool, subscribers: usize) -
 async fn startup(binary: &str, total: u64) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    let (server, _) = start_broker(binary, Some(&db));
+    let (server, _) = tokio::task::block_in_place(|| start_broker(binary, Some(&db)));
     let tenants = 100;
     let mut channels = Vec::new();
     for tenant in 0..tenants {
@@ -537,8 +539,13 @@ async fn startup(binary: &str, total: u64) -> Value {
         let _ = worker.await;
     }
     let insert_rate = total as f64 / started.elapsed().as_secs_f64();
+    let stopping = Instant::now();
     server.stop();
-    let (server, took) = start_broker(binary, Some(&db));
+    let shutdown_ms = stopping.elapsed().as_secs_f64() * 1000.0;
+    if std::env::var("BENCH_KEEP_DB").is_ok() {
+        let _ = std::process::Command::new("cp").args(["-r", &db.display().to_string(), "/tmp/bench-db"]).status();
+    }
+    let (server, took) = tokio::task::block_in_place(|| start_broker(binary, Some(&db)));
     let rss = server.rss_kib();
     // The ids were recovered: the next insert in a tenant continues its count.
     let mut connection = Connection::open(server.port).await.unwrap();
@@ -548,7 +555,7 @@ async fn startup(binary: &str, total: u64) -> Value {
     server.stop();
     json!({
         "scenario": "startup", "server": "broker", "events": total, "tenants": tenants,
-        "startup_ms": took.as_secs_f64() * 1000.0, "rss_after_start_kib": rss,
+        "startup_ms": took.as_secs_f64() * 1000.0, "rss_after_start_kib": rss, "shutdown_ms": shutdown_ms,
         "insert_rate": insert_rate, "next_id_in_tenant_0": serde_json::from_str::<Value>(&reply).ok().map(|v| v["id"].clone()),
     })
 }
