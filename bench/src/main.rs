@@ -259,10 +259,16 @@ impl Channel {
 
     /// Opens a stream and returns it once the response head has arrived.
     async fn subscribe(&self) -> std::io::Result<BufReader<TcpStream>> {
+        self.subscribe_after(None).await
+    }
+
+    /// As `subscribe`, resuming after an event id (broker's Last-Event-ID).
+    async fn subscribe_after(&self, last: Option<u64>) -> std::io::Result<BufReader<TcpStream>> {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).await?;
         let mut reader = BufReader::with_capacity(1024, stream);
+        let resume = last.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
         let request = match self.kind {
-            Kind::Broker => format!("GET /sse HTTP/1.1\r\nHost: bench\r\nAuthorization: {}\r\n\r\n", self.auth),
+            Kind::Broker => format!("GET /sse HTTP/1.1\r\nHost: bench\r\nAuthorization: {}\r\n{resume}\r\n", self.auth),
             Kind::Nchan => format!("GET /sub?id={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n", self.name),
         };
         reader.get_mut().write_all(request.as_bytes()).await?;
@@ -295,6 +301,48 @@ async fn read_events(mut reader: BufReader<TcpStream>, mut on_stamp: impl FnMut(
                 on_stamp(stamp);
             }
         }
+    }
+}
+
+/// A subscriber as a real client behaves: when the server ends its stream
+/// (it fell too far behind), it reconnects with Last-Event-ID and goes on.
+/// Counts every event delivered, and the reconnections.
+async fn follow(channel: Channel, deliveries: Arc<AtomicU64>, reconnects: Arc<AtomicU64>) {
+    let mut last = None;
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(reader) = channel.subscribe_after(last).await else { return };
+        // Whatever the head read buffered is re-scanned with the socket data.
+        let pending = reader.buffer().to_vec();
+        let mut stream = reader.into_inner();
+        // Scanned in big reads, keeping a short tail so a field split between
+        // two reads is still seen once: the load generator must stay cheap.
+        let mut tail = pending;
+        loop {
+            let read = match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            let mut window = std::mem::take(&mut tail);
+            let fresh_from = window.len();
+            window.extend_from_slice(&buffer[..read]);
+            let mut at = 0;
+            while let Some(offset) = window[at..].iter().position(|byte| *byte == b'\n') {
+                let start = at;
+                at += offset + 1;
+                let line = &window[start..at];
+                if at <= fresh_from {
+                    continue;
+                }
+                if let Some(id) = line.strip_prefix(b"id:") {
+                    last = std::str::from_utf8(id).ok().and_then(|id| id.trim().parse().ok()).or(last);
+                } else if line.starts_with(b"data:") {
+                    deliveries.fetch_add(1, Relaxed);
+                }
+            }
+            tail = window[at..].to_vec();
+        }
+        reconnects.fetch_add(1, Relaxed);
     }
 }
 
@@ -452,13 +500,10 @@ async fn idle(server: &Server, streams: usize) -> Value {
 async fn insert(server: &Server, label: &str, basic: bool, subscribers: usize) -> Value {
     let channel = Channel::new(server, &format!("insert{}{subscribers}", if basic { "basic" } else { "jwt" }), basic).await;
     let deliveries = Arc::new(AtomicU64::new(0));
+    let reconnects = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     for _ in 0..subscribers {
-        let reader = channel.subscribe().await.expect("subscribe");
-        let deliveries = deliveries.clone();
-        readers.push(tokio::spawn(read_events(reader, move |_| {
-            deliveries.fetch_add(1, Relaxed);
-        })));
+        readers.push(tokio::spawn(follow(channel.clone(), deliveries.clone(), reconnects.clone())));
     }
     // Warm the credential cache and the tenant, outside the window.
     let mut warm = Connection::open(server.port).await.unwrap();
@@ -501,6 +546,7 @@ async fn insert(server: &Server, label: &str, basic: bool, subscribers: usize) -
     });
     if subscribers > 0 {
         line["deliveries_per_second"] = json!(delivered as f64 / elapsed);
+        line["reconnects"] = json!(reconnects.load(Relaxed));
     }
     line
 }
