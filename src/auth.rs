@@ -65,7 +65,7 @@ impl Auth {
 
     /// A signed JWT for `username`, valid for `--jwt_expiry` seconds of NTP time.
     pub fn issue(&self, username: &str) -> String {
-        let now = crate::clock::now();
+        let now = crate::clock::now_ms() / 1000;
         let expires = now + self.jwt_expiry;
         let claims = json!({"sub": username, "iat": now, "exp": expires, "iss": "Broker"});
         let header = BASE64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
@@ -89,7 +89,7 @@ impl Auth {
         let claims = decode_json(claims)?;
         let expires = claims.get("exp").and_then(Value::as_u64);
         let expires = expires.ok_or_else(invalid)?;
-        if expires <= crate::clock::now() {
+        if expires <= crate::clock::now_ms() / 1000 {
             return Err(unauthorized("token expired"));
         }
         let issuer = claims.get("iss") == Some(&json!("Broker"));
@@ -196,11 +196,8 @@ fn hash(password: &str) -> Result<String, Error> {
 }
 
 fn verify(password: &str, stored: &str) -> bool {
-    let Ok(stored) = PasswordHash::new(stored) else {
-        return false;
-    };
-    let argon2 = argon2();
-    argon2.verify_password(password.as_bytes(), &stored).is_ok()
+    let (stored, argon2) = (PasswordHash::new(stored), argon2());
+    stored.is_ok_and(|hash| argon2.verify_password(password.as_bytes(), &hash).is_ok())
 }
 
 fn decode_json(part: &str) -> Result<Value, Error> {

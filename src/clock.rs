@@ -18,11 +18,6 @@ pub fn now_ms() -> u64 {
     (local + OFFSET_MS.load(Relaxed)).max(0) as u64
 }
 
-/// Unix time in seconds by the corrected clock.
-pub fn now() -> u64 {
-    now_ms() / 1000
-}
-
 /// Measures the offset once (start-up waits at most two seconds for it),
 /// then corrects it every `interval` seconds in the background.
 pub async fn start(servers: &str, interval: u64) {

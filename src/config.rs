@@ -83,6 +83,11 @@ impl Config {
         if values["secure"] == "true" && !explicit_port {
             values.insert("port", "443".into());
         }
+        for (name, default) in [("admin_token", "letmein"), ("jwt_secret", "secret")] {
+            if values[name] == default {
+                eprintln!("warning: --{name} is the published default; set your own");
+            }
+        }
         let config = build(&values)?;
         if config.jwt_expiry == 0 || config.ntp_interval == 0 {
             return Err("--jwt_expiry and --ntp_interval must be positive".into());
@@ -95,13 +100,6 @@ impl Config {
         }
         Ok(config)
     }
-
-    /// The secrets still at their published defaults, for a start-up warning.
-    pub fn default_secrets(&self) -> Vec<&'static str> {
-        let admin_token = (self.admin_token == "letmein").then_some("admin_token");
-        let jwt_secret = (self.jwt_secret == "secret").then_some("jwt_secret");
-        admin_token.into_iter().chain(jwt_secret).collect()
-    }
 }
 
 fn parse<T: FromStr>(name: &str, values: &HashMap<&str, String>) -> Result<T, String> {
@@ -111,8 +109,7 @@ fn parse<T: FromStr>(name: &str, values: &HashMap<&str, String>) -> Result<T, St
 }
 
 fn print_help() -> ! {
-    println!("broker: a real-time backend in one binary\n");
-    println!("Flags, also read from BROKER_<NAME> in the environment:");
+    println!("broker: a real-time backend in one binary\n\nFlags (or BROKER_<NAME> variables):");
     for (name, default, help) in FLAGS {
         println!("  --{name:<16} {help} (default {default:?})");
     }

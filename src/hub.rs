@@ -74,7 +74,7 @@ impl Hub {
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
         for tick in 1u64.. {
             ticks.tick().await;
-            let now = crate::clock::now();
+            let now = crate::clock::now_ms() / 1000;
             let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
             self.retain(|subscriber| {
                 let sender = &subscriber.sender;

@@ -43,9 +43,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: config::Config) -> Result<(), String> {
-    for name in config.default_secrets() {
-        eprintln!("warning: --{name} is the published default; set your own before going live");
-    }
     clock::start(&config.ntp_servers, config.ntp_interval).await;
     let hub = hub::Hub::default();
     let store = store::Store::open(&config.db, hub.clone())?;

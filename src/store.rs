@@ -86,9 +86,9 @@ impl Store {
             user_writes,
             tenants,
         };
-        let syncing = store.clone();
+        let syncing = store.db.clone();
         std::thread::spawn(move || {
-            while syncing.persist().is_ok() {
+            while syncing.persist(PersistMode::SyncAll).is_ok() {
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
@@ -104,10 +104,6 @@ impl Store {
             let flushed = keyspace.and_then(|keyspace| keyspace.rotate_memtable_and_wait());
             flushed.map_err(|error| format!("cannot flush {name:?}: {error}"))?;
         }
-        self.persist()
-    }
-
-    pub fn persist(&self) -> Result<(), String> {
         let synced = self.db.persist(PersistMode::SyncAll);
         synced.map_err(|error| format!("cannot sync the database: {error}"))
     }
@@ -127,8 +123,6 @@ impl Store {
     /// Writes a user record atomically: a new one with `create` (a taken
     /// name is a 400), else `changes` merged into the stored one (an unknown
     /// name is a 400). A refused write changes nothing. A new password,
-    /// tenant or revocation ends the user's open streams: the client
-    /// reconnects and resyncs under the new rules. A new password,
     /// tenant or revocation ends the user's open streams: the client
     /// reconnects and resyncs under the new rules.
     pub fn write_user(&self, username: &str, changes: Value, create: bool) -> Result<(), Error> {
@@ -222,10 +216,10 @@ impl Store {
         let events = db.keyspace(&keyspace, options)?;
         // The newest id is the last key of the log: no scan, whatever its size.
         let last = events.range(key(b'e', &[])..key(b'f', &[])).next_back();
-        let last_id = match last {
-            Some(entry) => entry.key()?.get(1..).and_then(id_of).unwrap_or(0),
-            None => 0,
-        };
+        let last = last.map(|entry| entry.key()).transpose()?;
+        let last_id = last
+            .and_then(|key| key.get(1..).and_then(id_of))
+            .unwrap_or(0);
         let tenant = Arc::new(Tenant {
             events,
             last_id: Mutex::new(last_id),
