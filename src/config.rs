@@ -83,11 +83,6 @@ impl Config {
         if values["secure"] == "true" && !explicit_port {
             values.insert("port", "443".into());
         }
-        for (name, default) in [("admin_token", "letmein"), ("jwt_secret", "secret")] {
-            if values[name] == default {
-                eprintln!("warning: --{name} is the published default; set your own");
-            }
-        }
         let config = build(&values)?;
         if config.jwt_expiry == 0 || config.ntp_interval == 0 {
             return Err("--jwt_expiry and --ntp_interval must be positive".into());
@@ -97,6 +92,11 @@ impl Config {
         }
         if config.admin_token.is_empty() || config.jwt_secret.is_empty() {
             return Err("--admin_token and --jwt_secret must not be empty".into());
+        }
+        for (name, default) in [("admin_token", "letmein"), ("jwt_secret", "secret")] {
+            if values[name] == default {
+                eprintln!("warning: --{name} is the published default; set your own");
+            }
         }
         Ok(config)
     }
