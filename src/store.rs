@@ -99,10 +99,15 @@ impl Store {
     /// no journal to replay and serves at once, then syncs.
     pub fn close(&self) -> Result<(), String> {
         for name in self.db.list_keyspace_names() {
-            let keyspace = self.db.keyspace(&name, KeyspaceCreateOptions::default);
-            // Public but doc-hidden in fjall 3.1; pinned by Cargo.lock.
-            let flushed = keyspace.and_then(|keyspace| keyspace.rotate_memtable_and_wait());
-            flushed.map_err(|error| format!("cannot flush {name:?}: {error}"))?;
+            let keyspace = self.db.keyspace(&name, options);
+            let keyspace = keyspace.map_err(|error| format!("cannot flush {name:?}: {error}"))?;
+            // Public but doc-hidden in fjall 3.1; pinned by Cargo.lock. It
+            // waits only for a memtable it sealed itself, so also wait for
+            // those sealed before (by size, or by recovery).
+            let _ = keyspace.rotate_memtable_and_wait();
+            while keyspace.sealed_memtable_count() > 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         let synced = self.db.persist(PersistMode::SyncAll);
         synced.map_err(|error| format!("cannot sync the database: {error}"))
@@ -158,7 +163,8 @@ impl Store {
         value.extend_from_slice(&frame);
         let mut batch = self.db.batch();
         batch.insert(&state.events, event_key(id), value);
-        batch.insert(&state.events, key(b'l', name.as_bytes()), id.to_be_bytes());
+        let latest = [b"l", name.as_bytes()].concat();
+        batch.insert(&state.events, latest, id.to_be_bytes());
         batch.commit()?;
         *last_id = id;
         self.hub.publish(tenant, frame);
@@ -212,18 +218,13 @@ impl Store {
             return Ok(tenant.clone());
         }
         let keyspace = format!("tenant:{name}");
-        let db = &self.db;
-        let events = db.keyspace(&keyspace, options)?;
+        let events = self.db.keyspace(&keyspace, options)?;
         // The newest id is the last key of the log: no scan, whatever its size.
-        let last = events.range(key(b'e', &[])..key(b'f', &[])).next_back();
+        let last = events.prefix(b"e").next_back();
         let last = last.map(|entry| entry.key()).transpose()?;
-        let last_id = last
-            .and_then(|key| key.get(1..).and_then(id_of))
-            .unwrap_or(0);
-        let tenant = Arc::new(Tenant {
-            events,
-            last_id: Mutex::new(last_id),
-        });
+        let last = last.and_then(|key| key.get(1..).and_then(id_of));
+        let last_id = Mutex::new(last.unwrap_or(0));
+        let tenant = Arc::new(Tenant { events, last_id });
         tenants.insert(name.to_string(), tenant.clone());
         Ok(tenant)
     }
@@ -256,12 +257,8 @@ fn options() -> KeyspaceCreateOptions {
 /// Stored frames, oldest first, read as the stream is written.
 pub type Frames = Box<dyn Iterator<Item = Bytes> + Send>;
 
-fn key(kind: u8, rest: &[u8]) -> Vec<u8> {
-    [&[kind], rest].concat()
-}
-
 fn event_key(id: u64) -> Vec<u8> {
-    key(b'e', &id.to_be_bytes())
+    [b"e".as_slice(), &id.to_be_bytes()].concat()
 }
 
 fn id_of(bytes: &[u8]) -> Option<u64> {
