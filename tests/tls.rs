@@ -384,3 +384,57 @@ fn auto_cert_obtains_a_certificate_from_pebble_and_reuses_it_after_restart() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(pebble.issued(), issued, "no new order after a restart");
 }
+
+#[test]
+fn auto_cert_renews_a_certificate_near_expiry_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = "renew.test";
+    let ports = (free_port(), free_port(), free_port());
+    let directory = format!("https://127.0.0.1:{}/dir", ports.0);
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    // A cached certificate from an earlier run that is due for renewal: a
+    // third of its validity is left only after it expires (rustls-acme
+    // renews at two thirds), signed by a CA no client trusts here.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![domain.to_string()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let old = params.signed_by(&key, &ca, &ca_key).unwrap();
+    // rustls-acme's cache file name: SHA-256 of the domains and directory URL.
+    use base64::Engine;
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(format!("{domain}\0{directory}"));
+    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.finalize());
+    let cached = certs.join(format!("cached_cert_{name}"));
+    std::fs::write(&cached, format!("{}{}", key.serialize_pem(), old.pem())).unwrap();
+
+    let port = free_port();
+    let pebble = Pebble::start(dir.path(), port, ports);
+    let ca_file = format!("--acme_ca={}", pebble.ca_file.display());
+    let args = [
+        "--secure".to_string(),
+        format!("--port={port}"),
+        format!("--domain={domain}"),
+        format!("--certs={}", certs.display()),
+        format!("--acme_directory={directory}"),
+        ca_file,
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut broker = Broker::start_on(&dir.path().join("db"), &args);
+    wait_for(&broker, "DeployedCachedCert", Duration::from_secs(30));
+    wait_for(&broker, "DeployedNewCert", Duration::from_secs(120));
+    // Same process, new certificate: it now chains to pebble's root.
+    broker.tls = Some((client(&pebble.root()), domain.to_string()));
+    assert_eq!(broker.get("/", &[]).status, 200);
+    assert!(pebble.issued() >= 1);
+    assert_ne!(
+        std::fs::read(&cached).unwrap(),
+        format!("{}{}", key.serialize_pem(), old.pem()).into_bytes()
+    );
+}
