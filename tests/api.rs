@@ -31,12 +31,7 @@ fn create_user_then_get_and_list_show_it_without_password() {
     assert_eq!(id.len(), 36);
     assert_eq!(&id[14..15], "4", "a UUID v4");
 
-    let user = broker
-        .post(
-            "/get_user",
-            &json!({"admin_token": ADMIN, "username": "bob"}),
-        )
-        .json();
+    let user = broker.admin("/get_user", "bob").json();
     let expected = json!({
         "id": id, "password": "***", "revoked": false, "tenant_name": "tenant_1", "username": "bob",
         "email": null, "data": {"name": "Robert Wieland", "image": ""}
@@ -312,12 +307,7 @@ fn get_and_list_users_need_the_admin_token() {
             &json!({"admin_token": "nope", "username": "bob"}),
         )
         .assert_error(401);
-    broker
-        .post(
-            "/get_user",
-            &json!({"admin_token": ADMIN, "username": "ghost"}),
-        )
-        .assert_error(400);
+    broker.admin("/get_user", "ghost").assert_error(400);
     broker
         .post("/get_user", &json!({"admin_token": ADMIN}))
         .assert_error(400);
@@ -329,14 +319,7 @@ fn update_user_changes_only_given_fields() {
     let body = json!({"username": "bob", "password": "old", "admin_token": ADMIN, "tenant_name": "t1",
         "email": "bob@example.com", "data": {"name": "Robert"}});
     assert_eq!(broker.post("/create_user", &body).status, 200);
-    let get = || {
-        broker
-            .post(
-                "/get_user",
-                &json!({"admin_token": ADMIN, "username": "bob"}),
-            )
-            .json()
-    };
+    let get = || broker.admin("/get_user", "bob").json();
     let before = get();
 
     let update = |fields: serde_json::Value| {

@@ -175,25 +175,9 @@ fn basic_password_may_contain_colons_and_changes_take_effect_at_once() {
     assert_eq!(status("a:b::c:"), 401);
     assert_eq!(status("fresh"), 200);
     // Revocation beats the cache, unrevoking restores it.
-    assert_eq!(
-        broker
-            .post(
-                "/revoke_user",
-                &json!({"admin_token": ADMIN, "username": "bob"})
-            )
-            .status,
-        200
-    );
+    assert_eq!(broker.admin("/revoke_user", "bob").status, 200);
     assert_eq!(status("fresh"), 401);
-    assert_eq!(
-        broker
-            .post(
-                "/unrevoke_user",
-                &json!({"admin_token": ADMIN, "username": "bob"})
-            )
-            .status,
-        200
-    );
+    assert_eq!(broker.admin("/unrevoke_user", "bob").status, 200);
     assert_eq!(status("fresh"), 200);
 }
 

@@ -45,15 +45,7 @@ fn broker_client_receives_inserted_events_and_sees_a_clean_close() {
     );
 
     // Revocation ends the stream with a proper chunked end: the client's onclose fires.
-    assert_eq!(
-        broker
-            .post(
-                "/revoke_user",
-                &json!({"admin_token": ADMIN, "username": "bob"})
-            )
-            .status,
-        200
-    );
+    assert_eq!(broker.admin("/revoke_user", "bob").status, 200);
     assert_eq!(next(), "closed");
     assert!(node.wait().unwrap().success());
 }

@@ -153,10 +153,7 @@ fn revocation_and_credential_changes_end_open_streams_cleanly() {
         // Put bob back as he was for the next round.
         let restore =
             json!({"admin_token": ADMIN, "username": "bob", "password": "pw", "tenant_name": "t1"});
-        broker.post(
-            "/unrevoke_user",
-            &json!({"admin_token": ADMIN, "username": "bob"}),
-        );
+        broker.admin("/unrevoke_user", "bob");
         assert_eq!(broker.post("/update_user", &restore).status, 200);
     }
 }

@@ -243,6 +243,11 @@ impl Client {
         self.request("POST", path, &all, body.to_string().as_bytes())
     }
 
+    /// An admin call naming one user (revoke_user, unrevoke_user, get_user …).
+    pub fn admin(&self, path: &str, username: &str) -> Reply {
+        self.post(path, &json!({"admin_token": ADMIN, "username": username}))
+    }
+
     pub fn create_user(&self, username: &str, password: &str, tenant: &str) -> Value {
         let body = json!({"username": username, "password": password, "admin_token": ADMIN, "tenant_name": tenant});
         let reply = self.post("/create_user", &body);
