@@ -1,160 +1,218 @@
-//! Who is asking: HS256 JWTs written by hand, HTTP Basic, Argon2id passwords,
-//! and the constant-time admin token check.
+//! Who is asking: HS256 JWTs written by hand, HTTP Basic, Argon2id
+//! passwords, the admin token, and the limits that keep guessing slow.
+//!
+//! Every credential is checked against the user record as it is now: a
+//! request reads the user afresh, so a revocation, a password change or a
+//! tenant move takes effect on the next request, mid-authentication ones
+//! included.
 
-use crate::http::{Error, internal, unauthorized};
-use crate::store::{Store, User, lock};
+use crate::{config::Config, error::Error, error::lock, store::Store, store::User};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as BASE64URL};
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 use tokio::sync::Semaphore;
 
-/// Most Basic credentials remembered; past it the cache starts over.
-const CACHE_LIMIT: usize = 100_000;
+/// Most entries in each in-memory table; past it the table starts over.
+const TABLE_LIMIT: usize = 100_000;
+/// Most requests waiting for Argon2 before more are refused with 503.
+const ARGON_QUEUE: usize = 64;
 
 /// The user of an authenticated request and, for a JWT, when it expires.
-pub type Caller = (User, Option<u64>);
+pub struct Caller {
+    pub user: User,
+    pub expires: Option<u64>,
+}
+
+/// A JWT's claims. `cred` binds a token Broker issued to the password it
+/// was issued under: a password change invalidates every earlier token.
+/// Tokens minted elsewhere with the secret may leave it out.
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    iat: u64,
+    exp: u64,
+    iss: String,
+    cred: Option<String>,
+}
 
 /// Everything needed to authenticate a request; shared by all connections.
 pub struct Auth {
     jwt_secret: String,
     jwt_expiry: u64,
     admin_token: String,
+    /// Failed password or admin_token checks allowed per address and minute.
+    login_limit: u64,
     /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
-    argon_permits: Semaphore,
+    argon_running: Semaphore,
+    /// Bounds the requests waiting for `argon_running`.
+    argon_queue: Semaphore,
     /// Random per process: keys the digests in `verified` and the admin check.
     cache_key: String,
     /// username → keyed digest of a Basic password that matched the stored
     /// hash, so repeated Basic requests skip Argon2. The digest covers the
-    /// hash too, so after a password change an old entry can never match.
+    /// hash too: after a password change an old entry can never match.
     verified: Mutex<HashMap<String, Vec<u8>>>,
+    /// The current minute, and the failed checks of each client address in it.
+    failures: Mutex<(u64, HashMap<IpAddr, u64>)>,
     /// A real hash to check when the user does not exist, so a wrong
     /// username takes as long as a wrong password.
     decoy: String,
 }
 
 impl Auth {
-    pub fn new(config: &crate::config::Config) -> Auth {
+    pub fn new(config: &Config) -> Result<Auth, String> {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-        // uuid's v4 generator draws from the OS random source: reuse it.
-        let random = || uuid::Uuid::new_v4().to_string();
-        Auth {
+        let decoy = hash(&random()).map_err(|_| "cannot compute Argon2 hashes")?;
+        Ok(Auth {
             jwt_secret: config.jwt_secret.clone(),
             jwt_expiry: config.jwt_expiry,
             admin_token: config.admin_token.clone(),
-            argon_permits: Semaphore::new(cores),
-            cache_key: random() + &random(),
+            login_limit: config.login_limit,
+            argon_running: Semaphore::new(cores),
+            argon_queue: Semaphore::new(ARGON_QUEUE),
+            cache_key: random(),
             verified: Mutex::default(),
-            decoy: hash(&random()).unwrap_or_default(),
-        }
+            failures: Mutex::default(),
+            decoy,
+        })
     }
 
     /// Compares HMACs of both tokens under the random cache key, in
-    /// constant time, so timing reveals nothing about the real token.
-    pub fn check_admin(&self, token: &str) -> Result<(), Error> {
+    /// constant time, so timing reveals nothing about the real token. A
+    /// wrong token counts as a failed check of the client's address.
+    pub fn check_admin(&self, address: IpAddr, token: &str) -> Result<(), Error> {
+        self.check_limit(address)?;
         let expected = hmac(&self.cache_key, &self.admin_token).finalize();
         let given = hmac(&self.cache_key, token);
-        let matched = given.verify(&expected.into_bytes());
-        matched.map_err(|_| unauthorized("wrong admin_token"))
+        if given.verify(&expected.into_bytes()).is_err() {
+            self.failures(address, 1);
+            return Err(Error::Unauthorized("wrong admin_token".into()));
+        }
+        Ok(())
     }
 
-    /// A signed JWT for `username`, valid for `--jwt_expiry` seconds of NTP time.
-    pub fn issue(&self, username: &str) -> String {
-        let now = crate::clock::now_ms() / 1000;
-        let expires = now + self.jwt_expiry;
-        let claims = json!({"sub": username, "iat": now, "exp": expires, "iss": "Broker"});
+    /// A signed JWT for `user`, valid for `--jwt_expiry` seconds of NTP time.
+    pub fn issue(&self, user: &User) -> String {
+        let iat = crate::clock::now_ms() / 1000;
+        let claims = Claims {
+            sub: user.username.clone(),
+            iat,
+            exp: iat + self.jwt_expiry,
+            iss: "Broker".into(),
+            cred: Some(self.credential(user)),
+        };
         let header = BASE64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let signed = format!("{header}.{}", BASE64URL.encode(claims.to_string()));
+        let signed = format!("{header}.{}", BASE64URL.encode(json!(claims).to_string()));
         let signature = hmac(&self.jwt_secret, &signed).finalize().into_bytes();
         format!("{signed}.{}", BASE64URL.encode(signature))
     }
 
-    /// The username and expiry of a valid token. Only HS256 is accepted, the
-    /// signature is compared in constant time, and `exp` is enforced.
-    fn verify_jwt(&self, token: &str) -> Result<(String, u64), Error> {
-        let invalid = || unauthorized("invalid token");
+    /// The claims of a valid token. Only HS256 is accepted, the signature is
+    /// compared in constant time, and `exp` is enforced.
+    fn verify_jwt(&self, token: &str) -> Result<Claims, Error> {
+        let invalid = || Error::Unauthorized("invalid token".into());
         let (signed, signature) = token.rsplit_once('.').ok_or_else(invalid)?;
         let (header, claims) = signed.split_once('.').ok_or_else(invalid)?;
-        if decode_json(header)?.get("alg") != Some(&json!("HS256")) {
+        let header: Value = decode_json(header).ok_or_else(invalid)?;
+        if header["alg"] != "HS256" {
             return Err(invalid());
         }
         let signature = BASE64URL.decode(signature).map_err(|_| invalid())?;
         let mac = hmac(&self.jwt_secret, signed);
         mac.verify_slice(&signature).map_err(|_| invalid())?;
-        let claims = decode_json(claims)?;
-        let expires = claims.get("exp").and_then(Value::as_u64);
-        let expires = expires.ok_or_else(invalid)?;
-        if expires <= crate::clock::now_ms() / 1000 {
-            return Err(unauthorized("token expired"));
+        let claims: Claims = decode_json(claims).ok_or_else(invalid)?;
+        if claims.exp <= crate::clock::now_ms() / 1000 {
+            return Err(Error::Unauthorized("token expired".into()));
         }
-        let issuer = claims.get("iss") == Some(&json!("Broker"));
-        match (issuer, claims.get("sub")) {
-            (true, Some(Value::String(username))) => Ok((username.clone(), expires)),
-            _ => Err(invalid()),
+        if claims.iss != "Broker" {
+            return Err(invalid());
         }
+        Ok(claims)
     }
 
-    /// Authenticates an `Authorization: Bearer …` or `Basic …` header value.
-    /// Revoked users are refused whatever they present.
-    pub async fn authenticate(&self, store: &Store, header: Option<&str>) -> Result<Caller, Error> {
-        let header = header.ok_or_else(|| unauthorized("missing Authorization header"))?;
+    /// Authenticates an `Authorization: Bearer …` or `Basic …` header value
+    /// from `address`.
+    pub async fn authenticate(
+        &self,
+        store: &Store,
+        address: IpAddr,
+        header: Option<&str>,
+    ) -> Result<Caller, Error> {
+        let missing = || Error::Unauthorized("missing Authorization header".into());
+        let header = header.ok_or_else(missing)?;
         let (scheme, credentials) = header.split_once(' ').unwrap_or((header, ""));
-        let (user, expires) = match scheme.to_ascii_lowercase().as_str() {
+        match scheme.to_ascii_lowercase().as_str() {
             "bearer" => {
-                let (username, expires) = self.verify_jwt(credentials.trim())?;
-                let user = store.user(&username)?;
-                let user = user.ok_or_else(|| unauthorized("unknown user"))?;
-                (user, Some(expires))
+                let claims = self.verify_jwt(credentials.trim())?;
+                let user = store.user(&claims.sub)?;
+                let current = |user: &User| {
+                    claims
+                        .cred
+                        .as_ref()
+                        .is_none_or(|cred| *cred == self.credential(user))
+                };
+                let user = user.filter(current);
+                let stale = || Error::Unauthorized("token no longer valid; log in again".into());
+                let user = allowed(user.ok_or_else(stale)?)?;
+                let expires = Some(claims.exp);
+                Ok(Caller { user, expires })
             }
             "basic" => {
-                let invalid = || unauthorized("malformed Basic credentials");
+                let invalid = || Error::Unauthorized("malformed Basic credentials".into());
                 let decoded = STANDARD.decode(credentials.trim()).map_err(|_| invalid())?;
                 let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
                 // The password is everything after the first colon, colons and all.
                 let (username, password) = decoded.split_once(':').ok_or_else(invalid)?;
-                (self.login(store, username, password).await?, None)
+                let user = self.login(store, address, username, password).await?;
+                Ok(Caller {
+                    user,
+                    expires: None,
+                })
             }
-            _ => return Err(unauthorized("unsupported Authorization scheme")),
-        };
-        match user.revoked() {
-            true => Err(unauthorized("user is revoked")),
-            false => Ok((user, expires)),
+            _ => Err(Error::Unauthorized(
+                "unsupported Authorization scheme".into(),
+            )),
         }
     }
 
-    /// Checks a username and password; either one wrong is the same 401.
-    pub async fn login(&self, store: &Store, name: &str, password: &str) -> Result<User, Error> {
-        let wrong = || unauthorized("wrong username or password");
-        let user = store.user(name)?;
-        let stored = user.as_ref().map(|user| user.text("password"));
-        let stored = stored.unwrap_or(&self.decoy);
+    /// Checks a username and password from `address`; either one wrong is
+    /// the same 401, and counts against the address's `--login_limit`.
+    pub async fn login(
+        &self,
+        store: &Store,
+        address: IpAddr,
+        name: &str,
+        password: &str,
+    ) -> Result<User, Error> {
+        self.check_limit(address)?;
+        let wrong = || Error::Unauthorized("wrong username or password".into());
+        let stored = store.user(name)?.map(|user| user.password);
+        let stored = stored.unwrap_or_else(|| self.decoy.clone());
         // Length-prefixed parts, so ("ab", "c") and ("a", "bc") differ.
-        let message = [name, password, stored].map(|part| format!("{}:{part}", part.len()));
+        let message = [name, password, &stored].map(|part| format!("{}:{part}", part.len()));
         let digest = hmac(&self.cache_key, &message.concat()).finalize();
         let digest = digest.into_bytes().to_vec();
-        if lock(&self.verified).get(name) == Some(&digest) {
-            return user.ok_or_else(wrong);
+        let cached = lock(&self.verified).get(name) == Some(&digest);
+        let (given, hash) = (password.to_string(), stored.clone());
+        if !cached && !self.argon(move || verify(&given, &hash)).await? {
+            self.failures(address, 1);
+            return Err(wrong());
         }
-        let (password, stored) = (password.to_string(), stored.to_string());
-        let matches = self.argon(move || verify(&password, &stored)).await?;
-        let user = user.filter(|_| matches).ok_or_else(wrong)?;
+        // Read again after the wait: a change that landed meanwhile wins.
+        let user = store.user(name)?.filter(|user| user.password == stored);
+        let user = allowed(user.ok_or_else(wrong)?)?;
         let mut verified = lock(&self.verified);
-        if verified.len() >= CACHE_LIMIT {
+        if verified.len() >= TABLE_LIMIT {
             verified.clear();
         }
         verified.insert(name.to_string(), digest);
         Ok(user)
-    }
-
-    /// Drops a user's cached credential after its password, tenant or
-    /// revocation changed, so the next Basic request is checked afresh.
-    pub fn forget(&self, username: &str) {
-        lock(&self.verified).remove(username);
     }
 
     /// Hashes a new password with Argon2id.
@@ -162,16 +220,64 @@ impl Auth {
         self.argon(move || hash(&password)).await?
     }
 
-    /// Runs Argon2 work on the blocking pool, one job per core at most.
+    /// Refuses an address that failed too many checks in this minute.
+    fn check_limit(&self, address: IpAddr) -> Result<(), Error> {
+        if self.failures(address, 0) < self.login_limit {
+            return Ok(());
+        }
+        let seconds = 60 - crate::clock::now_ms() / 1000 % 60;
+        let reason = "too many failed password checks; try again later";
+        Err(Error::TooMany(reason.into(), seconds))
+    }
+
+    /// Adds `failed` to the failed checks of `address` in this minute, and
+    /// returns them. The table starts over each minute, so it stays small.
+    fn failures(&self, address: IpAddr, failed: u64) -> u64 {
+        let minute = crate::clock::now_ms() / 60_000;
+        let mut table = lock(&self.failures);
+        if table.0 != minute {
+            *table = (minute, HashMap::new());
+        }
+        let count = table.1.entry(address).or_default();
+        *count += failed;
+        *count
+    }
+
+    /// A fingerprint of the user's password hash, for the `cred` claim. The
+    /// hash holds a fresh salt, so every password change yields a new one.
+    fn credential(&self, user: &User) -> String {
+        let fingerprint = hmac(&self.jwt_secret, &user.password)
+            .finalize()
+            .into_bytes();
+        BASE64URL.encode(&fingerprint[..12])
+    }
+
+    /// Runs Argon2 work on the blocking pool, one job per core at most; with
+    /// `ARGON_QUEUE` requests already waiting, answers 503 at once.
     async fn argon<T, F>(&self, work: F) -> Result<T, Error>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let _permit = self.argon_permits.acquire().await;
+        let busy = || Error::Unavailable("too many password checks at once; retry".into());
+        let _queued = self.argon_queue.try_acquire().map_err(|_| busy())?;
+        let _running = self.argon_running.acquire().await;
         let done = tokio::task::spawn_blocking(work).await;
-        done.map_err(|_| internal("password hashing failed"))
+        done.map_err(|_| Error::Internal("password hashing failed".into()))
     }
+}
+
+/// The one check of whether a known user may do anything at all.
+fn allowed(user: User) -> Result<User, Error> {
+    if user.revoked {
+        return Err(Error::Unauthorized("user is revoked".into()));
+    }
+    Ok(user)
+}
+
+/// 256 bits from the OS random source, through uuid's v4 generator.
+fn random() -> String {
+    uuid::Uuid::new_v4().to_string() + &uuid::Uuid::new_v4().to_string()
 }
 
 fn hmac(key: &str, message: &str) -> Hmac<sha2::Sha256> {
@@ -187,11 +293,12 @@ fn argon2() -> Argon2<'static> {
 }
 
 fn hash(password: &str) -> Result<String, Error> {
+    let failed = |_| Error::Internal("password hashing failed".into());
     // A fresh random salt per hash, from the OS source via uuid v4.
-    let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes());
-    let salt = salt.map_err(|_| internal("salt encoding failed"))?;
-    let hash = argon2().hash_password(password.as_bytes(), &salt);
-    let hash = hash.map_err(|_| internal("password hashing failed"))?;
+    let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes()).map_err(failed)?;
+    let hash = argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(failed)?;
     Ok(hash.to_string())
 }
 
@@ -200,8 +307,6 @@ fn verify(password: &str, stored: &str) -> bool {
     stored.is_ok_and(|hash| argon2.verify_password(password.as_bytes(), &hash).is_ok())
 }
 
-fn decode_json(part: &str) -> Result<Value, Error> {
-    let json = BASE64URL.decode(part).ok();
-    let json = json.and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    json.ok_or_else(|| unauthorized("invalid token"))
+fn decode_json<T: DeserializeOwned>(part: &str) -> Option<T> {
+    serde_json::from_slice(&BASE64URL.decode(part).ok()?).ok()
 }

@@ -2,6 +2,7 @@
 //! `--name value`, bare `--secure`), with a `BROKER_<NAME>` environment
 //! fallback for each so secrets need not show in `ps`.
 
+use hyper::header::HeaderValue;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -23,7 +24,7 @@ macro_rules! flags {
 }
 
 flags! {
-    origin: String = "*", "value of Access-Control-Allow-Origin";
+    origin: HeaderValue = "*", "value of Access-Control-Allow-Origin";
     port: u16 = "8080", "listening port (443 when --secure and not given)";
     jwt_expiry: u64 = "86400", "lifetime of a JWT in seconds";
     jwt_secret: String = "secret", "HS256 signing secret for JWTs";
@@ -41,6 +42,9 @@ flags! {
     ntp_interval: u64 = "3600", "seconds between NTP clock corrections";
     acme_directory: String = LETS_ENCRYPT, "ACME directory URL";
     acme_ca: String = "", "PEM file of extra roots to trust for the ACME server";
+    history: u64 = "10000", "events kept per tenant for replay (0 = all)";
+    login_limit: u64 = "20", "failed password checks per client address and minute";
+    max_streams: usize = "16", "open streams per user";
 }
 
 const NTP_SERVERS: &str = "pool.ntp.org,time.google.com,time.cloudflare.com,time.apple.com";

@@ -2,50 +2,49 @@
 //! error replies, the access log, and one function per endpoint.
 
 use crate::auth::{Auth, Caller};
-use crate::config::Config;
-use crate::hub::stream;
-use crate::store::{Store, User};
+use crate::store::{Changes, Event, MAX_USERNAME, Store, User, Write};
+use crate::{config::Config, error::Error, sse, sse::Body};
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
-use hyper::header::HeaderValue;
+use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{Map, Value, json};
-use std::convert::Infallible;
-use std::io::Write;
-use std::sync::Arc;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::{Value, json};
+use std::{convert::Infallible, io::Write as _, net::IpAddr, sync::Arc, time::Duration};
 
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 type HttpRequest = Request<hyper::body::Incoming>;
 type Reply = Result<Response<Body>, Error>;
-type Fields = Map<String, Value>;
 type Headers = &'static [(&'static str, &'static str)];
 
-/// Every path that exists, so a wrong method is told 405 rather than 404.
-const PATHS: &str = "/ /login /sse /insert /verify";
-/// The calls authorized by the admin_token in their body.
-const ADMIN_PATHS: &str =
-    "/create_user /revoke_user /unrevoke_user /list_users /get_user /update_user";
+/// How long a request body may take to arrive, like the headers.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-const USERNAME_RULE: &str = "username must be 1-128 bytes without ':' or line breaks";
-const PASSWORD_RULE: &str = "password must be 1-1024 bytes";
-const TENANT_RULE: &str = "tenant_name must match ^[A-Za-z0-9_-]{1,64}$";
-const ALLOWED_HEADERS: &str = "authorization, content-type, last-event-id";
+/// Every path that exists, so a wrong method is told 405 rather than 404.
+const PATHS: &[&str] = &[
+    "/",
+    "/login",
+    "/sse",
+    "/insert",
+    "/verify",
+    "/create_user",
+    "/update_user",
+    "/revoke_user",
+    "/unrevoke_user",
+    "/get_user",
+    "/list_users",
+];
 
 const JSON: Headers = &[("content-type", "application/json")];
 
 const PREFLIGHT: Headers = &[
     ("access-control-allow-methods", "GET, POST, OPTIONS"),
-    ("access-control-allow-headers", ALLOWED_HEADERS),
+    (
+        "access-control-allow-headers",
+        "authorization, content-type, last-event-id",
+    ),
     ("access-control-max-age", "86400"),
-];
-
-const EVENT_STREAM: Headers = &[
-    ("content-type", "text/event-stream"),
-    ("cache-control", "no-cache"),
-    // Tells nginx-style proxies not to buffer the stream.
-    ("x-accel-buffering", "no"),
 ];
 
 /// Everything a request handler needs, shared by all connections.
@@ -55,77 +54,78 @@ pub struct State {
     pub auth: Auth,
 }
 
-/// A failed request: the status it answers with and a reason for the client,
-/// sent as `{"error": "<reason>"}`.
-#[derive(Debug)]
-pub struct Error(StatusCode, String);
-
-pub fn bad(reason: impl Into<String>) -> Error {
-    Error(StatusCode::BAD_REQUEST, reason.into())
-}
-
-pub fn unauthorized(reason: impl Into<String>) -> Error {
-    Error(StatusCode::UNAUTHORIZED, reason.into())
-}
-
-pub fn internal(reason: impl Into<String>) -> Error {
-    Error(StatusCode::INTERNAL_SERVER_ERROR, reason.into())
-}
-
-impl From<fjall::Error> for Error {
-    fn from(error: fjall::Error) -> Error {
-        eprintln!("storage error: {error}");
-        internal("storage error")
+impl State {
+    /// Applies a write and answers with its result.
+    async fn write(&self, write: Write) -> Reply {
+        ok(self.store.apply(write, None)?)
     }
 }
 
-/// Serves one request and logs it: method, path, status, milliseconds —
-/// never a body, token or password.
-pub async fn serve(state: Arc<State>, request: HttpRequest) -> Result<Response<Body>, Infallible> {
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// An admin call that names a user.
+#[derive(Deserialize)]
+struct Named {
+    username: String,
+}
+
+/// Serves one request from `address` and logs it: client, method, path,
+/// status, milliseconds — never a body, token or password.
+pub async fn serve(
+    state: Arc<State>,
+    address: IpAddr,
+    request: HttpRequest,
+) -> Result<Response<Body>, Infallible> {
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
-    let result = route(&state, request, &path).await;
-    let mut response =
-        result.unwrap_or_else(|Error(status, reason)| reply(status, json!({ "error": reason })));
-    let origin = HeaderValue::from_str(&state.config.origin);
-    let origin = origin.unwrap_or(HeaderValue::from_static("*"));
-    let headers = response.headers_mut();
-    headers.insert("access-control-allow-origin", origin);
+    let result = route(&state, address, request, &path).await;
+    let mut response = result.unwrap_or_else(error_reply);
+    let origin = state.config.origin.clone();
+    response
+        .headers_mut()
+        .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     let status = response.status().as_u16();
     let milliseconds = started.elapsed().as_secs_f64() * 1000.0;
     // One write per line: eprintln! would make a syscall per fragment.
-    let line = format!("{method} {path} {status} {milliseconds:.1}ms\n");
+    let line = format!("{address} {method} {path} {status} {milliseconds:.1}ms\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     Ok(response)
 }
 
-async fn route(state: &State, request: HttpRequest, path: &str) -> Reply {
+async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str) -> Reply {
     match (request.method(), path) {
         (&Method::OPTIONS, _) => Ok(respond(StatusCode::NO_CONTENT, Body::default(), PREFLIGHT)),
-        (&Method::GET | &Method::HEAD, "/") => ok(json!({"status": "ok"})),
-        (&Method::POST, "/login") => login(state, request).await,
-        (&Method::GET, "/sse") => sse(state, request).await,
-        (&Method::POST, "/insert") => insert(state, request).await,
-        (&Method::GET, "/verify") => verify(state, request).await,
-        (&Method::POST, _) if listed(ADMIN_PATHS, path) => admin(state, request, path).await,
-        _ if listed(PATHS, path) || listed(ADMIN_PATHS, path) => {
-            let reason = format!("method not allowed on {path}");
-            Err(Error(StatusCode::METHOD_NOT_ALLOWED, reason))
+        (&Method::GET | &Method::HEAD, "/") => health(state),
+        (&Method::POST, "/login") => login(state, address, request).await,
+        (&Method::GET, "/sse") => stream(state, address, request).await,
+        (&Method::POST, "/insert") => insert(state, address, request).await,
+        (&Method::GET, "/verify") => verify(state, address, request).await,
+        (&Method::POST, "/create_user") => create_user(state, address, request).await,
+        (&Method::POST, "/update_user") => update_user(state, address, request).await,
+        (&Method::POST, "/revoke_user") => set_revoked(state, address, request, true).await,
+        (&Method::POST, "/unrevoke_user") => set_revoked(state, address, request, false).await,
+        (&Method::POST, "/get_user") => get_user(state, address, request).await,
+        (&Method::POST, "/list_users") => list_users(state, address, request).await,
+        _ if PATHS.contains(&path) => {
+            Err(Error::NotAllowed(format!("method not allowed on {path}")))
         }
-        _ => Err(Error(StatusCode::NOT_FOUND, format!("no such path {path}"))),
+        _ => Err(Error::NotFound(format!("no such path {path}"))),
     }
-}
-
-fn listed(paths: &str, path: &str) -> bool {
-    paths.split(' ').any(|known| known == path)
 }
 
 fn respond(status: StatusCode, body: Body, headers: Headers) -> Response<Body> {
-    let mut response = Response::builder().status(status);
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
     for (name, value) in headers {
-        response = response.header(*name, *value);
+        response
+            .headers_mut()
+            .insert(*name, HeaderValue::from_static(value));
     }
-    response.body(body).unwrap_or_default()
+    response
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Body> {
@@ -137,184 +137,224 @@ fn ok(body: Value) -> Reply {
     Ok(reply(StatusCode::OK, body))
 }
 
+/// The one place where an error becomes a status: `{"error": "<reason>"}`,
+/// with `Retry-After` where waiting helps.
+fn error_reply(error: Error) -> Response<Body> {
+    let (status, reason, retry_after) = match error {
+        Error::Invalid(reason) => (StatusCode::BAD_REQUEST, reason, None),
+        Error::Unauthorized(reason) => (StatusCode::UNAUTHORIZED, reason, None),
+        Error::NotFound(reason) => (StatusCode::NOT_FOUND, reason, None),
+        Error::NotAllowed(reason) => (StatusCode::METHOD_NOT_ALLOWED, reason, None),
+        Error::TooLarge(reason) => (StatusCode::PAYLOAD_TOO_LARGE, reason, None),
+        Error::TooSlow(reason) => (StatusCode::REQUEST_TIMEOUT, reason, None),
+        Error::TooMany(reason, seconds) => (StatusCode::TOO_MANY_REQUESTS, reason, Some(seconds)),
+        Error::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason, Some(1)),
+        Error::Internal(reason) => (StatusCode::INTERNAL_SERVER_ERROR, reason, None),
+    };
+    let mut response = reply(status, json!({ "error": reason }));
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(RETRY_AFTER, seconds.into());
+    }
+    response
+}
+
 /// Reads a JSON object body of at most `--max_body` bytes.
-async fn json_body(state: &State, request: HttpRequest) -> Result<Fields, Error> {
+async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Error> {
     let limit = state.config.max_body;
-    let reason = format!("body over {limit} bytes");
-    let too_large = || Error(StatusCode::PAYLOAD_TOO_LARGE, reason.clone());
+    let too_large = || Error::TooLarge(format!("body over {limit} bytes"));
     // An honest Content-Length over the limit is refused before reading.
     if request.body().size_hint().lower() > limit as u64 {
         return Err(too_large());
     }
-    let bytes = match Limited::new(request.into_body(), limit).collect().await {
+    let reading = Limited::new(request.into_body(), limit).collect();
+    let slow = |_| Error::TooSlow("the request body did not arrive in time".into());
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, reading)
+        .await
+        .map_err(slow)?
+    {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
-        Err(_) => return Err(bad("could not read the request body")),
+        Err(_) => return Err(Error::Invalid("could not read the request body".into())),
     };
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(bad("body must be a JSON object")),
-        Err(error) => Err(bad(format!("invalid JSON: {error}"))),
-    }
+    let body: Value = serde_json::from_slice(&bytes)
+        .map_err(|error| Error::Invalid(format!("invalid JSON: {error}")))?;
+    check(body.is_object(), "body must be a JSON object")?;
+    Ok(body)
 }
 
-/// A required string field.
-fn text<'a>(body: &'a Fields, field: &str) -> Result<&'a str, Error> {
-    match body.get(field) {
-        Some(Value::String(value)) => Ok(value),
-        Some(_) => Err(bad(format!("{field} must be a string"))),
-        None => Err(bad(format!("missing field {field}"))),
-    }
+/// The body's fields as `T`: a missing or mistyped field is a 400 naming it.
+fn fields<T: DeserializeOwned>(body: Value) -> Result<T, Error> {
+    serde_json::from_value(body).map_err(|error| Error::Invalid(error.to_string()))
 }
 
-/// An optional string field: absent or null is `None`.
-fn optional_text<'a>(body: &'a Fields, field: &str) -> Result<Option<&'a str>, Error> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(_) => text(body, field).map(Some),
-    }
+/// Reads an admin call: its admin_token is checked before any other field.
+async fn admin_call<T>(state: &State, address: IpAddr, request: HttpRequest) -> Result<T, Error>
+where
+    T: DeserializeOwned,
+{
+    let body = json_body(state, request).await?;
+    let token = body.get("admin_token").and_then(Value::as_str);
+    let token = token.ok_or_else(|| Error::Invalid("admin_token must be a string".into()))?;
+    state.auth.check_admin(address, token)?;
+    fields(body)
 }
 
 /// The authenticated user of a request, and when its JWT expires.
-async fn caller(state: &State, request: &HttpRequest) -> Result<Caller, Error> {
-    let header = request.headers().get("authorization");
+async fn caller(state: &State, address: IpAddr, request: &HttpRequest) -> Result<Caller, Error> {
+    let header = request.headers().get(AUTHORIZATION);
     let header = header.map(HeaderValue::to_str).transpose();
-    let header = header.map_err(|_| unauthorized("bad Authorization"))?;
-    state.auth.authenticate(&state.store, header).await
+    let header = header.map_err(|_| Error::Unauthorized("bad Authorization header".into()))?;
+    state.auth.authenticate(&state.store, address, header).await
 }
 
-/// `Ok(value)` if `valid`, else a 400 saying what the field must be.
-fn check<T>(valid: bool, value: T, rule: &str) -> Result<T, Error> {
-    if valid { Ok(value) } else { Err(bad(rule)) }
+/// A 400 saying what the input must be, unless it is `valid`.
+fn check(valid: bool, rule: &str) -> Result<(), Error> {
+    valid
+        .then_some(())
+        .ok_or_else(|| Error::Invalid(rule.into()))
 }
 
-fn valid_tenant(tenant: &str) -> Result<Value, Error> {
+/// Usernames name their owner in logs and admin calls: no control
+/// characters, no surrounding whitespace, and no colon, since Basic splits
+/// username and password at the first one.
+fn check_username(username: &str) -> Result<(), Error> {
+    let length = (1..=MAX_USERNAME).contains(&username.len());
+    let clean =
+        username.trim() == username && !username.contains(|c: char| c == ':' || c.is_control());
+    check(
+        length && clean,
+        "username must be 1-128 bytes, without ':', control characters or surrounding spaces",
+    )
+}
+
+fn check_tenant(tenant: &str) -> Result<(), Error> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let valid = (1..=64).contains(&tenant.len()) && tenant.chars().all(allowed);
-    check(valid, json!(tenant), TENANT_RULE)
+    check(valid, "tenant_name must match ^[A-Za-z0-9_-]{1,64}$")
 }
 
-/// `""` or absent is no email (null); anything else must be a well-formed
-/// address outside mailchecker's list of throwaway domains.
-fn valid_email(email: Option<&str>) -> Result<Value, Error> {
-    let Some(email) = email.filter(|email| !email.is_empty()) else {
-        return Ok(Value::Null);
-    };
-    let valid = email.len() <= 254 && mailchecker::is_valid(email);
-    check(valid, json!(email), "invalid or throwaway email address")
+/// `""` or absent is no email; anything else must be a well-formed address
+/// outside mailchecker's list of throwaway domains.
+fn check_email(email: Option<String>) -> Result<Option<String>, Error> {
+    let email = email.filter(|email| !email.is_empty());
+    let valid = |email: &String| email.len() <= 254 && mailchecker::is_valid(email);
+    check(
+        email.as_ref().is_none_or(valid),
+        "invalid or throwaway email address",
+    )?;
+    Ok(email)
 }
 
 /// Checks a new password and returns its Argon2id hash; checked last in
 /// each handler, so a bad request never pays for hashing.
-async fn hashed(state: &State, password: &str) -> Result<Value, Error> {
-    check((1..=1024).contains(&password.len()), (), PASSWORD_RULE)?;
-    Ok(json!(state.auth.hash(password.to_string()).await?))
+async fn hashed(state: &State, password: String) -> Result<String, Error> {
+    check(
+        (1..=1024).contains(&password.len()),
+        "password must be 1-1024 bytes",
+    )?;
+    state.auth.hash(password).await
 }
 
-async fn login(state: &State, request: HttpRequest) -> Reply {
-    let body = json_body(state, request).await?;
-    let (username, password) = (text(&body, "username")?, text(&body, "password")?);
-    let user = state.auth.login(&state.store, username, password).await?;
-    match user.revoked() {
-        true => Err(unauthorized("user is revoked")),
-        false => ok(json!({ "jwt": state.auth.issue(username) })),
+/// `GET /`: 200 while storage writes, 503 while it heals.
+fn health(state: &State) -> Reply {
+    if !state.store.healthy() {
+        return Err(Error::Unavailable("storage cannot write; healing".into()));
     }
+    ok(json!({"status": "ok"}))
 }
 
-async fn verify(state: &State, request: HttpRequest) -> Reply {
-    let (User(mut fields), _) = caller(state, &request).await?;
-    fields.remove("password");
-    ok(Value::Object(fields))
+async fn login(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
+    let body: Credentials = fields(json_body(state, request).await?)?;
+    let (username, password) = (&body.username, &body.password);
+    let user = state
+        .auth
+        .login(&state.store, address, username, password)
+        .await?;
+    ok(json!({ "jwt": state.auth.issue(&user) }))
 }
 
-async fn insert(state: &State, request: HttpRequest) -> Reply {
-    let (user, _) = caller(state, &request).await?;
-    let body = json_body(state, request).await?;
-    let event = text(&body, "event")?;
+async fn verify(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
+    let mut user = json!(caller(state, address, &request).await?.user);
+    if let Value::Object(fields) = &mut user {
+        fields.remove("password");
+    }
+    ok(user)
+}
+
+async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
+    let tenant = caller(state, address, &request).await?.user.tenant_name;
+    let event: Event = fields(json_body(state, request).await?)?;
     // Printable ASCII keeps each frame pure ASCII with one line per field.
-    let printable = event.bytes().all(|byte| (b' '..=b'~').contains(&byte));
-    let valid = (1..=256).contains(&event.len()) && printable;
-    check(valid, (), "event must be 1-256 printable ASCII characters")?;
-    let data = body.get("data").ok_or_else(|| bad("missing field data"))?;
-    let id = state.store.insert(user.text("tenant_name"), event, data)?;
-    ok(json!({ "id": id }))
+    let printable = event
+        .event
+        .bytes()
+        .all(|byte| (b' '..=b'~').contains(&byte));
+    let valid = (1..=256).contains(&event.event.len()) && printable;
+    check(valid, "event must be 1-256 printable ASCII characters")?;
+    state.write(Write::Insert(Event { tenant, ..event })).await
 }
 
-async fn sse(state: &State, request: HttpRequest) -> Reply {
-    let caller = caller(state, &request).await?;
+async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
+    let Caller { user, expires } = caller(state, address, &request).await?;
     let last_event_id = request.headers().get("last-event-id").map(|value| {
-        let id = value.to_str().map(str::trim);
-        let id = id.ok().and_then(|id| id.parse().ok());
-        id.ok_or_else(|| bad("Last-Event-ID must be a number"))
+        let id = value.to_str().ok().and_then(|id| id.trim().parse().ok());
+        id.ok_or_else(|| Error::Invalid("Last-Event-ID must be a number".into()))
     });
     let after = last_event_id.transpose()?;
-    let (backlog, receiver) = state.store.subscribe(&caller, after)?;
-    let body = stream(backlog, receiver);
-    Ok(respond(StatusCode::OK, body, EVENT_STREAM))
+    let body = state.store.subscribe(&user, expires, after)?;
+    Ok(respond(StatusCode::OK, body, sse::HEADERS))
 }
 
-/// The admin calls: the body's admin_token is checked before anything else,
-/// and the named user must exist, except for a new one.
-async fn admin(state: &State, request: HttpRequest, path: &str) -> Reply {
-    let body = json_body(state, request).await?;
-    state.auth.check_admin(text(&body, "admin_token")?)?;
-    if path == "/list_users" {
-        return ok(state.store.users()?.iter().map(User::public).collect());
-    }
-    let username = text(&body, "username")?;
-    match (path, state.store.user(username)?) {
-        ("/create_user", None) => create_user(state, &body, username).await,
-        ("/create_user", Some(_)) => Err(bad("username already exists")),
-        (_, None) => Err(bad("unknown user")),
-        ("/get_user", Some(user)) => ok(user.public()),
-        ("/update_user", _) => update_user(state, &body, username).await,
-        _ => {
-            let revoked = json!({ "revoked": path == "/revoke_user" });
-            change_user(state, username, revoked)
-        }
-    }
-}
-
-async fn create_user(state: &State, body: &Fields, username: &str) -> Reply {
-    // No colon: Basic splits username and password at the first one.
-    let valid = (1..=128).contains(&username.len()) && !username.contains([':', '\n', '\r']);
-    check(valid, (), USERNAME_RULE)?;
-    let tenant = valid_tenant(text(body, "tenant_name")?)?;
-    let email = valid_email(optional_text(body, "email")?)?;
-    let password = hashed(state, text(body, "password")?).await?;
-    let (id, data) = (uuid::Uuid::new_v4().to_string(), body.get("data"));
-    let user = json!({
-        "id": id, "username": username, "password": password, "tenant_name": tenant,
-        "revoked": false, "email": email, "data": data,
-    });
-    state.store.write_user(username, user, true)?;
-    ok(json!({ "id": id }))
+async fn create_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
+    let mut user: Changes = admin_call(state, address, request).await?;
+    check_username(&user.username)?;
+    let tenant = user.tenant_name.as_deref().unwrap_or_default();
+    check_tenant(tenant)?;
+    user.email = Some(check_email(user.email.flatten())?);
+    let password = user
+        .password
+        .ok_or_else(|| Error::Invalid("missing field password".into()));
+    user.password = Some(hashed(state, password?).await?);
+    user.id = Some(uuid::Uuid::new_v4().to_string());
+    state.write(Write::Create(user)).await
 }
 
 /// Changes any of tenant_name, email, data and password; every field is
 /// checked before anything is written.
-async fn update_user(state: &State, body: &Fields, username: &str) -> Reply {
-    let mut changes = Fields::new();
-    if let Some(tenant) = optional_text(body, "tenant_name")? {
-        changes.insert("tenant_name".into(), valid_tenant(tenant)?);
+async fn update_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
+    let mut changes: Changes = admin_call(state, address, request).await?;
+    if let Some(tenant) = &changes.tenant_name {
+        check_tenant(tenant)?;
     }
-    if body.contains_key("email") {
-        let email = valid_email(optional_text(body, "email")?)?;
-        changes.insert("email".into(), email);
+    if let Some(email) = changes.email {
+        changes.email = Some(check_email(email)?);
     }
-    if let Some(data) = body.get("data") {
-        changes.insert("data".into(), data.clone());
+    if let Some(password) = changes.password {
+        changes.password = Some(hashed(state, password).await?);
     }
-    if let Some(password) = optional_text(body, "password")? {
-        changes.insert("password".into(), hashed(state, password).await?);
-    }
-    change_user(state, username, Value::Object(changes))
+    state.write(Write::Update(changes)).await
 }
 
-/// Stores changes to a user and drops its cached Basic credential, so the
-/// next request is checked under the new rules.
-fn change_user(state: &State, username: &str, changes: Value) -> Reply {
-    state.store.write_user(username, changes, false)?;
-    state.auth.forget(username);
-    ok(json!({}))
+async fn set_revoked(state: &State, address: IpAddr, request: HttpRequest, revoked: bool) -> Reply {
+    let Named { username } = admin_call(state, address, request).await?;
+    let revoked = Some(revoked);
+    let changes = Changes {
+        username,
+        revoked,
+        ..Changes::default()
+    };
+    state.write(Write::Update(changes)).await
+}
+
+async fn get_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
+    let Named { username } = admin_call(state, address, request).await?;
+    let user = state.store.user(&username)?;
+    ok(user
+        .ok_or_else(|| Error::Invalid("unknown user".into()))?
+        .public())
+}
+
+async fn list_users(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
+    let IgnoredAny = admin_call(state, address, request).await?;
+    ok(state.store.users()?.iter().map(User::public).collect())
 }

@@ -1,63 +1,76 @@
-//! Live fan-out: the open SSE streams of every tenant, and the response body
-//! that feeds one stream from its channel.
+//! Live fan-out: the open streams of every tenant, who holds them, and until
+//! when. Publishing hands one shared frame to each stream.
 
-use crate::http::Body;
-use crate::store::{Frames, lock};
+use crate::error::{Error, lock};
+use crate::sse::{PING, Sender};
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
-/// Frames a subscriber may fall behind before it is cut off: a stream that
-/// cannot keep up resumes with Last-Event-ID instead of slowing anyone else.
-const QUEUE: usize = 256;
-/// The keep-alive comment.
-const PING: Bytes = Bytes::from_static(b":\n\n");
-
-/// Cheap handle to the subscriber lists, cloned into every request.
-#[derive(Clone, Default)]
+/// Cheap handle to the subscriber lists, cloned wherever streams are opened
+/// or events published.
+#[derive(Clone)]
 pub struct Hub {
-    /// tenant → its open streams. A std mutex: publishing only calls
-    /// `try_send`, so no critical section ever awaits.
+    /// tenant → its open streams. A std mutex: publishing never waits, so no
+    /// critical section awaits.
     tenants: Arc<Mutex<HashMap<String, Vec<Subscriber>>>>,
+    /// Most open streams one user may hold (`--max_streams`).
+    max_streams: usize,
 }
 
+/// One open stream. It leaves the hub only by being dropped from its list,
+/// which drops its sender and so ends the stream cleanly.
 struct Subscriber {
     username: String,
     /// Unix time at which the stream's JWT expires; Basic streams never do.
     expires: Option<u64>,
-    sender: mpsc::Sender<Bytes>,
+    sender: Sender,
 }
 
 impl Hub {
-    /// Registers a stream; its frames arrive on the returned receiver.
-    pub fn subscribe(&self, tenant: &str, username: &str, expires: Option<u64>) -> Receiver {
-        let (sender, receiver) = mpsc::channel(QUEUE);
-        let username = username.to_string();
+    pub fn new(max_streams: usize) -> Hub {
+        let tenants = Arc::default();
+        Hub {
+            tenants,
+            max_streams,
+        }
+    }
+
+    /// Registers a stream of `username` in `tenant`, unless the user
+    /// already holds `--max_streams` open ones.
+    pub fn subscribe(
+        &self,
+        tenant: &str,
+        username: &str,
+        expires: Option<u64>,
+        sender: Sender,
+    ) -> Result<(), Error> {
         let mut tenants = lock(&self.tenants);
         let subscribers = tenants.entry(tenant.to_string()).or_default();
+        let open = subscribers
+            .iter()
+            .filter(|other| other.username == username);
+        if open.filter(|other| !other.sender.is_closed()).count() >= self.max_streams {
+            let reason = format!("at most {} open streams per user", self.max_streams);
+            return Err(Error::TooMany(reason, 10));
+        }
+        let username = username.to_string();
         subscribers.push(Subscriber {
             username,
             expires,
             sender,
         });
-        receiver
+        Ok(())
     }
 
-    /// Hands one encoded frame to every stream of the tenant; the `Bytes` is
-    /// shared, never copied. A full or closed stream is dropped on the spot.
+    /// Hands one frame to every stream of the tenant; the `Bytes` is shared,
+    /// never copied. A stream that is gone or too far behind is dropped.
     pub fn publish(&self, tenant: &str, frame: Bytes) {
         if let Some(subscribers) = lock(&self.tenants).get_mut(tenant) {
-            subscribers.retain(|subscriber| subscriber.sender.try_send(frame.clone()).is_ok());
+            subscribers.retain(|subscriber| subscriber.sender.send(frame.clone()));
         }
     }
 
-    /// Ends every stream of a user (revoked, new password, new tenant).
-    /// Dropping the sender lets the body finish cleanly after what is queued.
+    /// Ends every stream of a user.
     pub fn disconnect(&self, username: &str) {
         self.retain(|subscriber| subscriber.username != username);
     }
@@ -78,7 +91,7 @@ impl Hub {
             let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
             self.retain(|subscriber| {
                 let sender = &subscriber.sender;
-                let open = !sender.is_closed() && (!ping || sender.try_send(PING).is_ok());
+                let open = !sender.is_closed() && (!ping || sender.send(PING));
                 open && subscriber.expires.is_none_or(|expires| expires > now)
             });
         }
@@ -90,14 +103,4 @@ impl Hub {
             !subscribers.is_empty()
         });
     }
-}
-
-pub type Receiver = mpsc::Receiver<Bytes>;
-
-/// The body of a `text/event-stream` response: the stored backlog, then live
-/// frames until the hub drops the sender, which ends the response with the
-/// chunked terminator rather than a cut connection.
-pub fn stream(backlog: Frames, receiver: Receiver) -> Body {
-    let frames = tokio_stream::iter(backlog).chain(ReceiverStream::new(receiver));
-    StreamBody::new(frames.map(|frame| Ok(Frame::data(frame)))).boxed_unsync()
 }

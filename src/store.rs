@@ -1,272 +1,422 @@
-//! The fjall database under `--db`: one keyspace of users, and one keyspace
-//! per tenant holding its event log and the latest event of each name.
+//! The fjall database under `--db` and the records it keeps. One set of
+//! keyspaces serves every tenant, so 10 000 tenants cost no more files,
+//! memtables or shutdown time than one:
+//! - `users`: username → the user record as JSON;
+//! - `events`: tenant `/` id (u64 big-endian) → the SSE frame, ready to send;
+//! - `latest`: tenant `/` event name → id of the newest event of that name;
+//! - `meta`: `applied` → position in the cluster log of the last write
+//!   applied; `heartbeat` → rewritten every second to prove storage writes.
 //!
-//! Tenant keyspace layout:
-//! - `e` + id (u64 big-endian) → insert time (u64 ms, big-endian) + the SSE
-//!   frame, stored ready to send so a replay never re-encodes;
-//! - `l` + event name → id of the latest event with that name.
+//! Tenant names cannot contain `/`, so no tenant's keys run into another's.
+//!
+//! After a storage failure (disk full, out of file descriptors) fjall refuses
+//! every later write. The store then drops the database and reopens it until
+//! that works — fjall replays its journal, so nothing acknowledged is lost —
+//! and answers 503 meanwhile: Broker heals without a restart.
 
-use crate::auth::Caller;
-use crate::http::{Error, bad};
-use crate::hub::{Hub, Receiver};
+use crate::error::{Error, lock};
+use crate::{hub::Hub, sse};
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
-use serde_json::{Map, Value, json};
-use std::collections::HashMap;
-use std::fmt::Write;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration, time::Instant};
 
-/// Cheap handle to the database, cloned into every request: fjall's handles
-/// are reference-counted, and so is the rest.
-#[derive(Clone)]
-pub struct Store {
-    db: Database,
-    users: Keyspace,
-    /// Where inserted events go live.
-    hub: Hub,
-    /// Serializes read-modify-write of user records (unique names, updates).
-    /// Held only around synchronous fjall calls, never across an await.
-    user_writes: Arc<Mutex<()>>,
-    /// Tenants touched since start, each recovered lazily on first use.
-    tenants: Arc<Mutex<HashMap<String, Arc<Tenant>>>>,
+/// Longest username. Longer names cannot exist, and never reach fjall,
+/// whose keys must stay under 64 KiB.
+pub const MAX_USERNAME: usize = 128;
+
+/// A user as stored, and as the admin calls show it (password masked).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    /// UUID v4, assigned at creation.
+    pub id: String,
+    pub username: String,
+    /// The Argon2id PHC string; it never leaves the server.
+    pub password: String,
+    pub tenant_name: String,
+    pub revoked: bool,
+    pub email: Option<String>,
+    pub data: Value,
 }
-
-/// A tenant's keyspace and the id of its newest event. The mutex orders
-/// inserts: an id is assigned, written and published before the next one.
-struct Tenant {
-    events: Keyspace,
-    last_id: Mutex<u64>,
-}
-
-/// A user record as stored: `id` (UUID v4), `username`, `password` (the
-/// Argon2id PHC string), `tenant_name`, `revoked`, `email` (string or null)
-/// and `data` (any JSON). Kept as the JSON object it is stored as.
-pub struct User(pub Map<String, Value>);
 
 impl User {
-    /// A string field; `""` when absent.
-    pub fn text(&self, field: &str) -> &str {
-        self.0.get(field).and_then(Value::as_str).unwrap_or("")
-    }
-
-    pub fn revoked(&self) -> bool {
-        self.0.get("revoked") == Some(&Value::Bool(true))
-    }
-
-    /// The user as the API shows it: the password hash never leaves the server.
     pub fn public(&self) -> Value {
-        let mut fields = self.0.clone();
-        fields.insert("password".into(), json!("***"));
-        Value::Object(fields)
+        let mut user = json!(self);
+        user["password"] = json!("***");
+        user
+    }
+}
+
+/// The fields of a user to create, or to change; a field left out of a
+/// change stays as it is.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Changes {
+    #[serde(skip_deserializing)]
+    pub id: Option<String>,
+    pub username: String,
+    pub tenant_name: Option<String>,
+    /// The password: the HTTP layer swaps in its hash before it is written.
+    pub password: Option<String>,
+    /// `Some(None)` removes the email.
+    #[serde(default, deserialize_with = "present")]
+    pub email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub data: Option<Value>,
+    #[serde(skip_deserializing)]
+    pub revoked: Option<bool>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    field: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(field).map(Some)
+}
+
+/// An event as inserted: `tenant` is always the inserting user's.
+#[derive(Serialize, Deserialize)]
+pub struct Event {
+    #[serde(skip_deserializing)]
+    pub tenant: String,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Every change to stored state. In cluster mode each one is a message of
+/// the replicated log, applied in the same order on every node.
+#[derive(Serialize, Deserialize)]
+pub enum Write {
+    Create(Changes),
+    Update(Changes),
+    Insert(Event),
+}
+
+/// Cheap handle to the database, cloned into every request.
+#[derive(Clone)]
+pub struct Store(Arc<Shared>);
+
+struct Shared {
+    path: PathBuf,
+    /// Events kept per tenant (`--history`; 0 keeps all).
+    history: u64,
+    /// Where inserted events go live.
+    hub: Hub,
+    /// The open database, or `None` while it is reopened after a failure.
+    engine: Mutex<Option<Arc<Engine>>>,
+}
+
+/// One opening of the database, dropped whole when storage fails so that a
+/// reopen starts again from what is on disk.
+struct Engine {
+    db: Database,
+    users: Keyspace,
+    events: Keyspace,
+    latest: Keyspace,
+    meta: Keyspace,
+    /// tenant → id of its newest event, as far as known. Held by every write
+    /// from reading to publishing, so writes apply one at a time and streams
+    /// see ids in order (fjall's journal serializes writes anyway).
+    writing: Mutex<HashMap<String, u64>>,
+}
+
+impl Engine {
+    fn open(path: &Path) -> fjall::Result<Engine> {
+        // A journal of at most 64 MiB bounds what a restart after a crash
+        // replays; a clean shutdown leaves nothing to replay (see `close`).
+        let db = Database::builder(path)
+            .max_journaling_size(64 << 20)
+            .open()?;
+        // Small memtables (fjall's default is 64 MiB each) keep memory low.
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(4 << 20);
+        Ok(Engine {
+            users: db.keyspace("users", options)?,
+            events: db.keyspace("events", options)?,
+            latest: db.keyspace("latest", options)?,
+            meta: db.keyspace("meta", options)?,
+            db,
+            writing: Mutex::default(),
+        })
     }
 
-    fn parse(bytes: &[u8]) -> Option<User> {
-        serde_json::from_slice(bytes).ok().map(User)
+    fn user(&self, username: &str) -> Result<Option<User>, Error> {
+        if username.len() > MAX_USERNAME {
+            return Ok(None);
+        }
+        let record = self.users.get(username)?;
+        Ok(record.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// The newest id of a tenant: known, or the last key of its log (no scan).
+    fn last_id(&self, known: &HashMap<String, u64>, tenant: &str) -> Result<u64, Error> {
+        if let Some(id) = known.get(tenant) {
+            return Ok(*id);
+        }
+        let last = self.events.prefix(key(tenant, b"")).next_back();
+        let last = last.map(|entry| entry.key()).transpose()?;
+        Ok(last
+            .and_then(|key| id_of(&key[key.len() - 8..]))
+            .unwrap_or(0))
+    }
+
+    fn frame(&self, tenant: &str, id: u64) -> Option<Bytes> {
+        let frame = self.events.get(key(tenant, &id.to_be_bytes())).ok()??;
+        Some(Bytes::copy_from_slice(&frame))
+    }
+
+    /// Proves that storage still writes, and syncs the journal to disk.
+    fn heartbeat(&self) -> fjall::Result<()> {
+        let now = crate::clock::now_ms().to_be_bytes();
+        self.meta.insert("heartbeat", now)?;
+        self.db.persist(PersistMode::SyncAll)
     }
 }
 
 impl Store {
-    /// Opens the database and starts a thread that syncs it to disk every
-    /// second. An acknowledged insert is already in the OS, so `kill -9`
-    /// cannot lose it; the sync bounds what a power cut can lose.
-    pub fn open(path: &std::path::Path, hub: Hub) -> Result<Store, String> {
-        let failed = |error| format!("cannot open --db {}: {error}", path.display());
-        // A journal of at most 64 MiB bounds what a restart after a crash
-        // replays; a clean shutdown leaves nothing to replay (see `close`).
-        let builder = Database::builder(path).max_journaling_size(64 << 20);
-        let db = builder.open().map_err(failed)?;
-        let users = db.keyspace("users", options);
-        let users = users.map_err(failed)?;
-        let (user_writes, tenants) = (Arc::default(), Arc::default());
-        let store = Store {
-            db,
-            users,
+    /// Opens the database and starts the thread that keeps it healthy.
+    pub fn open(path: &Path, history: u64, hub: Hub) -> Result<Store, String> {
+        let engine = Engine::open(path).map_err(|error| format!("cannot open --db: {error}"))?;
+        let engine = Mutex::new(Some(Arc::new(engine)));
+        let path = path.to_path_buf();
+        let store = Store(Arc::new(Shared {
+            path,
+            history,
             hub,
-            user_writes,
-            tenants,
-        };
-        let syncing = store.db.clone();
-        std::thread::spawn(move || {
-            while syncing.persist(PersistMode::SyncAll).is_ok() {
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        });
+            engine,
+        }));
+        let watched = store.clone();
+        std::thread::spawn(move || watched.watch());
         Ok(store)
     }
 
-    /// At shutdown: writes every memtable out to disk, so the next start has
-    /// no journal to replay and serves at once, then syncs.
+    /// Every second, a heartbeat write and a sync to disk: an acknowledged
+    /// write is already in the OS, so `kill -9` cannot lose it, and the sync
+    /// bounds what a power cut can. When the heartbeat fails, storage is
+    /// broken: drop the database and reopen it until that works.
+    fn watch(self) {
+        let mut failure = String::new();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let Err(error) = self.engine().and_then(|engine| Ok(engine.heartbeat()?)) else {
+                continue;
+            };
+            if lock(&self.0.engine).take().is_some() {
+                eprintln!("storage: cannot write ({error:?}); reopening the database");
+            }
+            match Engine::open(&self.0.path) {
+                Ok(engine) => {
+                    *lock(&self.0.engine) = Some(Arc::new(engine));
+                    eprintln!("storage: database reopened; serving again");
+                }
+                // Logged when the reason changes, not every second.
+                Err(error) if error.to_string() != failure => {
+                    failure = error.to_string();
+                    eprintln!("storage: cannot reopen yet ({failure}); retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn engine(&self) -> Result<Arc<Engine>, Error> {
+        let engine = lock(&self.0.engine).clone();
+        engine.ok_or_else(|| Error::Unavailable("storage is unavailable; retrying".into()))
+    }
+
+    /// Whether storage takes writes, as of the last heartbeat.
+    pub fn healthy(&self) -> bool {
+        lock(&self.0.engine).is_some()
+    }
+
+    /// At shutdown: seals every memtable and waits (three seconds at most)
+    /// for them to be written out, so the next start has no journal to
+    /// replay, then syncs. A database that cannot write is left to that
+    /// replay.
     pub fn close(&self) -> Result<(), String> {
-        for name in self.db.list_keyspace_names() {
-            let keyspace = self.db.keyspace(&name, options);
-            let keyspace = keyspace.map_err(|error| format!("cannot flush {name:?}: {error}"))?;
-            // Public but doc-hidden in fjall 3.1; pinned by Cargo.lock. It
-            // waits only for a memtable it sealed itself, so also wait for
-            // those sealed before (by size, or by recovery).
-            let _ = keyspace.rotate_memtable_and_wait();
-            while keyspace.sealed_memtable_count() > 0 {
+        let engine = self
+            .engine()
+            .map_err(|_| "storage unavailable at shutdown")?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for keyspace in [&engine.users, &engine.events, &engine.latest, &engine.meta] {
+            // Public but doc-hidden in fjall 3.1; pinned by Cargo.lock.
+            let _ = keyspace.rotate_memtable();
+            while keyspace.sealed_memtable_count() > 0 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        let synced = self.db.persist(PersistMode::SyncAll);
+        let synced = engine.db.persist(PersistMode::SyncAll);
         synced.map_err(|error| format!("cannot sync the database: {error}"))
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
-        let record = self.users.get(username)?;
-        Ok(record.and_then(|bytes| User::parse(&bytes)))
+        self.engine()?.user(username)
     }
 
     pub fn users(&self) -> Result<Vec<User>, Error> {
-        let records = self.users.iter().map(|entry| entry.value());
+        let engine = self.engine()?;
+        let records = engine.users.iter().map(|entry| entry.value());
         let records = records.collect::<fjall::Result<Vec<_>>>()?;
-        let users = records.iter().filter_map(|record| User::parse(record));
-        Ok(users.collect())
+        let users = records.iter().map(|record| serde_json::from_slice(record));
+        Ok(users.filter_map(Result::ok).collect())
     }
 
-    /// Writes a user record atomically: a new one with `create` (a taken
-    /// name is a 400), else `changes` merged into the stored one (an unknown
-    /// name is a 400). A refused write changes nothing. A new password,
-    /// tenant or revocation ends the user's open streams: the client
-    /// reconnects and resyncs under the new rules.
-    pub fn write_user(&self, username: &str, changes: Value, create: bool) -> Result<(), Error> {
-        let _writes = lock(&self.user_writes);
-        let mut user = match (self.user(username)?, create) {
-            (None, true) => User(Map::new()),
-            (Some(user), false) => user,
-            (Some(_), true) => return Err(bad("username already exists")),
-            (None, false) => return Err(bad("unknown user")),
+    /// The cluster log position of the last write applied (0 for none).
+    pub fn position(&self) -> Result<u64, Error> {
+        let position = self.engine()?.meta.get("applied")?;
+        Ok(position.and_then(|bytes| id_of(&bytes)).unwrap_or(0))
+    }
+
+    /// Applies one write and returns what its client is told. `position` is
+    /// its place in the cluster log, stored in the same atomic batch (even
+    /// for a refused write), so a restarted node resumes right after it.
+    pub fn apply(&self, write: Write, position: Option<u64>) -> Result<Value, Error> {
+        let engine = self.engine()?;
+        let mut writing = lock(&engine.writing);
+        let mut batch = engine.db.batch();
+        if let Some(position) = position {
+            batch.insert(&engine.meta, "applied", position.to_be_bytes());
+        }
+        let (changes, create) = match write {
+            Write::Create(changes) => (changes, true),
+            Write::Update(changes) => (changes, false),
+            Write::Insert(event) => {
+                let id = engine.last_id(&writing, &event.tenant)? + 1;
+                let frame = sse::frame(id, &event.event, &event.data);
+                let latest = key(&event.tenant, event.event.as_bytes());
+                let superseded = engine.latest.get(&latest)?.and_then(|id| id_of(&id));
+                batch.insert(
+                    &engine.events,
+                    key(&event.tenant, &id.to_be_bytes()),
+                    &*frame,
+                );
+                batch.insert(&engine.latest, latest, id.to_be_bytes());
+                for expired in self.expired(&engine, &event.tenant, id, superseded)? {
+                    batch.remove(&engine.events, key(&event.tenant, &expired.to_be_bytes()));
+                }
+                batch.commit()?;
+                writing.insert(event.tenant.clone(), id);
+                self.0.hub.publish(&event.tenant, frame);
+                return Ok(json!({ "id": id }));
+            }
         };
-        let fields = ["password", "tenant_name", "revoked"];
-        let ends_streams = fields.iter().any(|field| changes.get(field).is_some());
-        if let Value::Object(changes) = changes {
-            user.0.extend(changes);
-        }
-        let record = Value::Object(user.0).to_string();
-        self.users.insert(username, record)?;
-        if ends_streams && !create {
-            self.hub.disconnect(username);
-        }
-        Ok(())
-    }
-
-    /// Appends an event, publishes it to the tenant's streams and returns
-    /// its id. The tenant stays locked from id to publication, so every
-    /// stream sees ids in ascending order.
-    pub fn insert(&self, tenant: &str, name: &str, data: &Value) -> Result<u64, Error> {
-        let state = self.tenant(tenant)?;
-        let mut last_id = lock(&state.last_id);
-        let id = *last_id + 1;
-        let frame = frame(id, name, data);
-        let mut value = crate::clock::now_ms().to_be_bytes().to_vec();
-        value.extend_from_slice(&frame);
-        let mut batch = self.db.batch();
-        batch.insert(&state.events, event_key(id), value);
-        let latest = [b"l", name.as_bytes()].concat();
-        batch.insert(&state.events, latest, id.to_be_bytes());
+        let old = engine.user(&changes.username)?;
+        let mut user = match (old.clone(), create) {
+            (None, true) => User::default(),
+            (Some(user), false) => user,
+            (Some(_), true) => return Err(Error::Invalid("username already exists".into())),
+            (None, false) => return Err(Error::Invalid("unknown user".into())),
+        };
+        user.id = changes.id.unwrap_or(user.id);
+        user.username = changes.username;
+        user.tenant_name = changes.tenant_name.unwrap_or(user.tenant_name);
+        user.password = changes.password.unwrap_or(user.password);
+        user.email = changes.email.unwrap_or(user.email);
+        user.data = changes.data.unwrap_or(user.data);
+        user.revoked = changes.revoked.unwrap_or(user.revoked);
+        batch.insert(&engine.users, &user.username, json!(user).to_string());
         batch.commit()?;
-        *last_id = id;
-        self.hub.publish(tenant, frame);
-        Ok(id)
+        // The one place where a credential change reaches open streams: a
+        // new password or tenant, or a revocation, ends them, and the client
+        // authenticates again. JWTs and cached Basic credentials are bound
+        // to the password hash, and every request reads the user afresh.
+        let same = |old: User| old.password == user.password && old.tenant_name == user.tenant_name;
+        if user.revoked || !old.is_none_or(same) {
+            self.0.hub.disconnect(&user.username);
+        }
+        Ok(json!({ "id": user.id }))
     }
 
-    /// Opens a stream: the frames it starts with, oldest first, and the
-    /// receiver of live ones. With `after`, the start is every stored event
-    /// after that id (a reconnect's replay); without, the latest event of each
-    /// name (the sync on connect). The subscription is made while no insert
-    /// can happen, so nothing falls between the two or arrives twice.
+    /// The events that leave a tenant's history as event `id` arrives: the
+    /// one that falls out of the newest `--history`, unless it is the latest
+    /// of its name, and the event `id` supersedes as the latest of its name,
+    /// if that was kept only for being the latest.
+    fn expired(
+        &self,
+        engine: &Engine,
+        tenant: &str,
+        id: u64,
+        superseded: Option<u64>,
+    ) -> Result<Vec<u64>, Error> {
+        let history = self.0.history;
+        if history == 0 || id <= history {
+            return Ok(Vec::new());
+        }
+        let leaving = id - history;
+        let mut expired: Vec<u64> = superseded
+            .filter(|old| *old <= leaving)
+            .into_iter()
+            .collect();
+        if let Some(frame) = engine.frame(tenant, leaving) {
+            let latest = engine.latest.get(key(tenant, sse::event_name(&frame)))?;
+            if latest.and_then(|latest| id_of(&latest)) != Some(leaving) {
+                expired.push(leaving);
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Opens a stream for `user`. It starts with every event after `after`
+    /// (a reconnect's replay) when those are all still kept, else, as on a
+    /// fresh connect, with the latest event of each name (the sync); then
+    /// live events. Writes wait meanwhile, so nothing falls between the
+    /// backlog and the live events, or arrives twice.
     pub fn subscribe(
         &self,
-        caller: &Caller,
+        user: &User,
+        expires: Option<u64>,
         after: Option<u64>,
-    ) -> Result<(Frames, Receiver), Error> {
-        let ((user, expires), hub) = (caller, &self.hub);
-        let tenant = user.text("tenant_name");
-        let state = self.tenant(tenant)?;
-        let last_id = lock(&state.last_id);
-        let receiver = hub.subscribe(tenant, user.text("username"), *expires);
-        let upto = *last_id;
-        drop(last_id);
-        let events = state.events.clone();
-        // Later events reach the receiver; the backlog takes ids up to `upto`, lazily,
-        // so replaying a long log holds one frame at a time.
-        let values: Box<dyn Iterator<Item = Slice> + Send> = match after {
-            Some(after) => {
-                let (start, end) = (after.min(upto) + 1, upto + 1);
-                let range = event_key(start)..event_key(end);
-                Box::new(events.range(range).map_while(|entry| entry.value().ok()))
-            }
+    ) -> Result<sse::Body, Error> {
+        let engine = self.engine()?;
+        let tenant = user.tenant_name.clone();
+        let writing = lock(&engine.writing);
+        let upto = engine.last_id(&writing, &tenant)?;
+        // Stored only if the user is still as authenticated: a credential
+        // change waits for `writing` and then ends the stream.
+        if engine.user(&user.username)?.as_ref() != Some(user) {
+            return Err(Error::Unauthorized(
+                "credentials changed; authenticate again".into(),
+            ));
+        }
+        let history = self.0.history;
+        let kept = |after: &u64| history == 0 || after + history >= upto;
+        let ids: Box<dyn Iterator<Item = u64> + Send> = match after.filter(kept) {
+            Some(after) => Box::new(after.min(upto) + 1..=upto),
             None => {
                 let mut ids = Vec::new();
-                for entry in events.prefix(b"l") {
-                    ids.extend(id_of(&entry.value()?).filter(|id| *id <= upto));
+                for entry in engine.latest.prefix(key(&tenant, b"")) {
+                    ids.extend(id_of(&entry.value()?));
                 }
                 ids.sort_unstable();
-                let read = move |id| events.get(event_key(id)).ok().flatten();
-                Box::new(ids.into_iter().map_while(read))
+                Box::new(ids.into_iter())
             }
         };
-        // Skip the 8-byte insert time in front of each stored frame.
-        let frame = |value: Slice| Some(Bytes::copy_from_slice(value.get(8..)?));
-        Ok((Box::new(values.filter_map(frame)), receiver))
-    }
-
-    fn tenant(&self, name: &str) -> Result<Arc<Tenant>, Error> {
-        let mut tenants = lock(&self.tenants);
-        if let Some(tenant) = tenants.get(name) {
-            return Ok(tenant.clone());
-        }
-        let keyspace = format!("tenant:{name}");
-        let events = self.db.keyspace(&keyspace, options)?;
-        // The newest id is the last key of the log: no scan, whatever its size.
-        let last = events.prefix(b"e").next_back();
-        let last = last.map(|entry| entry.key()).transpose()?;
-        let last = last.and_then(|key| key.get(1..).and_then(id_of));
-        let last_id = Mutex::new(last.unwrap_or(0));
-        let tenant = Arc::new(Tenant { events, last_id });
-        tenants.insert(name.to_string(), tenant.clone());
-        Ok(tenant)
+        // Frames are read as the stream is written, one at a time, through
+        // the store (a reopen may replace the database meanwhile).
+        let store = self.clone();
+        let reader = tenant.clone();
+        let frames = ids.map(move |id| store.engine().ok()?.frame(&reader, id));
+        let (sender, body) = sse::stream(Box::new(frames));
+        self.0
+            .hub
+            .subscribe(&tenant, &user.username, expires, sender)?;
+        Ok(body)
     }
 }
 
-/// One SSE frame, `id:<id>\nevent:<name>\ndata:<json>\n\n`, pure ASCII:
-/// broker-client decodes byte by byte as Latin-1, so every non-ASCII
-/// character of the JSON (only strings can hold one) becomes `\uXXXX`.
-fn frame(id: u64, name: &str, data: &Value) -> Bytes {
-    let mut frame = format!("id:{id}\nevent:{name}\ndata:");
-    for character in data.to_string().chars() {
-        if character.is_ascii() {
-            frame.push(character);
-        } else {
-            for unit in character.encode_utf16(&mut [0; 2]) {
-                let _ = write!(frame, "\\u{unit:04x}");
-            }
-        }
+/// Every storage fault is answered 503: the store heals by itself.
+impl From<fjall::Error> for Error {
+    fn from(error: fjall::Error) -> Error {
+        eprintln!("storage error: {error}");
+        Error::Unavailable("storage error; retrying".into())
     }
-    frame.push_str("\n\n");
-    Bytes::from(frame)
 }
 
-/// Small memtables (fjall's default is 64 MiB each): memory stays low
-/// however many tenants there are, at the cost of more, smaller flushes.
-fn options() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(4 << 20)
-}
-
-/// Stored frames, oldest first, read as the stream is written.
-pub type Frames = Box<dyn Iterator<Item = Bytes> + Send>;
-
-fn event_key(id: u64) -> Vec<u8> {
-    [b"e".as_slice(), &id.to_be_bytes()].concat()
+/// A key of a tenant: `tenant/suffix`.
+fn key(tenant: &str, suffix: &[u8]) -> Vec<u8> {
+    [tenant.as_bytes(), b"/", suffix].concat()
 }
 
 fn id_of(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-/// Locks a mutex, ignoring poisoning: no critical section here leaves data
-/// half-written in memory, so a panic elsewhere must not wedge the server.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

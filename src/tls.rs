@@ -25,15 +25,14 @@ pub async fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
     // ring, not the default aws-lc-rs: no cmake or C++ toolchain to build it.
     let _ = ring::default_provider().install_default();
     let builder = ServerConfig::builder().with_no_client_auth();
-    let mut server = match config.auto_cert {
-        true => builder.with_cert_resolver(acme(config)?),
-        false => {
-            let key = PrivateKeyDer::from_pem_file(&config.key_path);
-            let path = config.key_path.display();
-            let key = key.map_err(|error| format!("cannot read key {path}: {error}"))?;
-            let server = builder.with_single_cert(certificates(&config.cert_path)?, key);
-            server.map_err(|error| format!("invalid key or certificate: {error}"))?
-        }
+    let mut server = if config.auto_cert {
+        builder.with_cert_resolver(acme(config)?)
+    } else {
+        let key = PrivateKeyDer::from_pem_file(&config.key_path);
+        let path = config.key_path.display();
+        let key = key.map_err(|error| format!("cannot read key {path}: {error}"))?;
+        let server = builder.with_single_cert(certificates(&config.cert_path)?, key);
+        server.map_err(|error| format!("invalid key or certificate: {error}"))?
     };
     // HTTP/1.1 only (SSE needs nothing more), and acme-tls/1 for ACME's
     // validation handshakes, which rustls-acme's resolver answers.
@@ -45,10 +44,10 @@ pub async fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
 fn certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let read = CertificateDer::pem_file_iter(path).and_then(Iterator::collect);
     let chain: Vec<_> = read.map_err(|error| format!("cannot read {path:?}: {error}"))?;
-    match chain.is_empty() {
-        true => Err(format!("no certificate in {path:?}")),
-        false => Ok(chain),
+    if chain.is_empty() {
+        return Err(format!("no certificate in {path:?}"));
     }
+    Ok(chain)
 }
 
 /// Starts obtaining (or loading from `--certs`) and renewing the certificate
