@@ -16,6 +16,7 @@ use std::{convert::Infallible, io::Write as _, net::IpAddr, sync::Arc, time::Dur
 
 type HttpRequest = Request<hyper::body::Incoming>;
 type Reply = Result<Response<Body>, Error>;
+type Served = Result<Response<Body>, Infallible>;
 type Headers = &'static [(&'static str, &'static str)];
 
 /// How long a request body may take to arrive, like the headers.
@@ -36,14 +37,13 @@ const PATHS: &[&str] = &[
     "/list_users",
 ];
 
+const ALLOWED_HEADERS: &str = "authorization, content-type, last-event-id";
+
 const JSON: Headers = &[("content-type", "application/json")];
 
 const PREFLIGHT: Headers = &[
     ("access-control-allow-methods", "GET, POST, OPTIONS"),
-    (
-        "access-control-allow-headers",
-        "authorization, content-type, last-event-id",
-    ),
+    ("access-control-allow-headers", ALLOWED_HEADERS),
     ("access-control-max-age", "86400"),
 ];
 
@@ -75,19 +75,13 @@ struct Named {
 
 /// Serves one request from `address` and logs it: client, method, path,
 /// status, milliseconds — never a body, token or password.
-pub async fn serve(
-    state: Arc<State>,
-    address: IpAddr,
-    request: HttpRequest,
-) -> Result<Response<Body>, Infallible> {
+pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> Served {
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let result = route(&state, address, request, &path).await;
     let mut response = result.unwrap_or_else(error_reply);
-    let origin = state.config.origin.clone();
-    response
-        .headers_mut()
-        .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    let (headers, origin) = (response.headers_mut(), state.config.origin.clone());
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     let status = response.status().as_u16();
     let milliseconds = started.elapsed().as_secs_f64() * 1000.0;
     // One write per line: eprintln! would make a syscall per fragment.
@@ -110,9 +104,7 @@ async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str)
         (&Method::POST, "/unrevoke_user") => set_revoked(state, address, request, false).await,
         (&Method::POST, "/get_user") => get_user(state, address, request).await,
         (&Method::POST, "/list_users") => list_users(state, address, request).await,
-        _ if PATHS.contains(&path) => {
-            Err(Error::NotAllowed(format!("method not allowed on {path}")))
-        }
+        _ if PATHS.contains(&path) => Err(Error::NotAllowed(format!("not allowed on {path}"))),
         _ => Err(Error::NotFound(format!("no such path {path}"))),
     }
 }
@@ -121,9 +113,8 @@ fn respond(status: StatusCode, body: Body, headers: Headers) -> Response<Body> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     for (name, value) in headers {
-        response
-            .headers_mut()
-            .insert(*name, HeaderValue::from_static(value));
+        let value = HeaderValue::from_static(value);
+        response.headers_mut().insert(*name, value);
     }
     response
 }
@@ -168,16 +159,14 @@ async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Error> 
     }
     let reading = Limited::new(request.into_body(), limit).collect();
     let slow = |_| Error::TooSlow("the request body did not arrive in time".into());
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, reading)
-        .await
-        .map_err(slow)?
-    {
+    let read = tokio::time::timeout(BODY_TIMEOUT, reading).await;
+    let bytes = match read.map_err(slow)? {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
         Err(_) => return Err(Error::Invalid("could not read the request body".into())),
     };
-    let body: Value = serde_json::from_slice(&bytes)
-        .map_err(|error| Error::Invalid(format!("invalid JSON: {error}")))?;
+    let body = serde_json::from_slice::<Value>(&bytes);
+    let body = body.map_err(|error| Error::Invalid(format!("invalid JSON: {error}")))?;
     check(body.is_object(), "body must be a JSON object")?;
     Ok(body)
 }
@@ -188,10 +177,11 @@ fn fields<T: DeserializeOwned>(body: Value) -> Result<T, Error> {
 }
 
 /// Reads an admin call: its admin_token is checked before any other field.
-async fn admin_call<T>(state: &State, address: IpAddr, request: HttpRequest) -> Result<T, Error>
-where
-    T: DeserializeOwned,
-{
+async fn admin_call<T: DeserializeOwned>(
+    state: &State,
+    address: IpAddr,
+    request: HttpRequest,
+) -> Result<T, Error> {
     let body = json_body(state, request).await?;
     let token = body.get("admin_token").and_then(Value::as_str);
     let token = token.ok_or_else(|| Error::Invalid("admin_token must be a string".into()))?;
@@ -209,22 +199,17 @@ async fn caller(state: &State, address: IpAddr, request: &HttpRequest) -> Result
 
 /// A 400 saying what the input must be, unless it is `valid`.
 fn check(valid: bool, rule: &str) -> Result<(), Error> {
-    valid
-        .then_some(())
-        .ok_or_else(|| Error::Invalid(rule.into()))
+    let invalid = || Error::Invalid(rule.into());
+    valid.then_some(()).ok_or_else(invalid)
 }
 
-/// Usernames name their owner in logs and admin calls: no control
-/// characters, no surrounding whitespace, and no colon, since Basic splits
-/// username and password at the first one.
+/// Usernames show in logs and admin calls: no control characters, no outer
+/// spaces, and no colon, since Basic splits at the first one.
 fn check_username(username: &str) -> Result<(), Error> {
-    let length = (1..=MAX_USERNAME).contains(&username.len());
-    let clean =
-        username.trim() == username && !username.contains(|c: char| c == ':' || c.is_control());
-    check(
-        length && clean,
-        "username must be 1-128 bytes, without ':', control characters or surrounding spaces",
-    )
+    let unclean = |c: char| c == ':' || c.is_control();
+    let valid = (1..=MAX_USERNAME).contains(&username.len()) && !username.contains(unclean);
+    let rule = "username must be 1-128 bytes, without ':', control characters or outer spaces";
+    check(valid && username.trim() == username, rule)
 }
 
 fn check_tenant(tenant: &str) -> Result<(), Error> {
@@ -238,20 +223,16 @@ fn check_tenant(tenant: &str) -> Result<(), Error> {
 fn check_email(email: Option<String>) -> Result<Option<String>, Error> {
     let email = email.filter(|email| !email.is_empty());
     let valid = |email: &String| email.len() <= 254 && mailchecker::is_valid(email);
-    check(
-        email.as_ref().is_none_or(valid),
-        "invalid or throwaway email address",
-    )?;
+    let rule = "invalid or throwaway email address";
+    check(email.as_ref().is_none_or(valid), rule)?;
     Ok(email)
 }
 
 /// Checks a new password and returns its Argon2id hash; checked last in
 /// each handler, so a bad request never pays for hashing.
 async fn hashed(state: &State, password: String) -> Result<String, Error> {
-    check(
-        (1..=1024).contains(&password.len()),
-        "password must be 1-1024 bytes",
-    )?;
+    let rule = "password must be 1-1024 bytes";
+    check((1..=1024).contains(&password.len()), rule)?;
     state.auth.hash(password).await
 }
 
@@ -265,10 +246,9 @@ fn health(state: &State) -> Reply {
 
 async fn login(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let body: Credentials = fields(json_body(state, request).await?)?;
-    let (username, password) = (&body.username, &body.password);
-    let user = state
-        .auth
-        .login(&state.store, address, username, password)
+    let (auth, name) = (&state.auth, &body.username);
+    let user = auth
+        .login(&state.store, address, name, &body.password)
         .await?;
     ok(json!({ "jwt": state.auth.issue(&user) }))
 }
@@ -285,11 +265,9 @@ async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let tenant = caller(state, address, &request).await?.user.tenant_name;
     let event: Event = fields(json_body(state, request).await?)?;
     // Printable ASCII keeps each frame pure ASCII with one line per field.
-    let printable = event
-        .event
-        .bytes()
-        .all(|byte| (b' '..=b'~').contains(&byte));
-    let valid = (1..=256).contains(&event.event.len()) && printable;
+    let name = event.event.as_bytes();
+    let printable = name.iter().all(|byte| (b' '..=b'~').contains(byte));
+    let valid = (1..=256).contains(&name.len()) && printable;
     check(valid, "event must be 1-256 printable ASCII characters")?;
     state.write(Write::Insert(Event { tenant, ..event })).await
 }
@@ -308,13 +286,11 @@ async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 async fn create_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let mut user: Changes = admin_call(state, address, request).await?;
     check_username(&user.username)?;
-    let tenant = user.tenant_name.as_deref().unwrap_or_default();
-    check_tenant(tenant)?;
+    check_tenant(user.tenant_name.as_deref().unwrap_or_default())?;
     user.email = Some(check_email(user.email.flatten())?);
-    let password = user
-        .password
-        .ok_or_else(|| Error::Invalid("missing field password".into()));
-    user.password = Some(hashed(state, password?).await?);
+    let missing = || Error::Invalid("missing field `password`".into());
+    let password = user.password.ok_or_else(missing)?;
+    user.password = Some(hashed(state, password).await?);
     user.id = Some(uuid::Uuid::new_v4().to_string());
     state.write(Write::Create(user)).await
 }
@@ -348,10 +324,8 @@ async fn set_revoked(state: &State, address: IpAddr, request: HttpRequest, revok
 
 async fn get_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let Named { username } = admin_call(state, address, request).await?;
-    let user = state.store.user(&username)?;
-    ok(user
-        .ok_or_else(|| Error::Invalid("unknown user".into()))?
-        .public())
+    let unknown = || Error::Invalid("unknown user".into());
+    ok(state.store.user(&username)?.ok_or_else(unknown)?.public())
 }
 
 async fn list_users(state: &State, address: IpAddr, request: HttpRequest) -> Reply {

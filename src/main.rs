@@ -35,7 +35,7 @@ const MAX_HEADERS: usize = 64 * 1024;
 /// How long a socket may accept nothing while a response waits to be
 /// written: a client that stopped reading is disconnected, and whatever its
 /// stream had queued is freed.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> ExitCode {

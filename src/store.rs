@@ -160,9 +160,45 @@ impl Engine {
             .unwrap_or(0))
     }
 
+    /// The id of the latest event of a name in a tenant.
+    fn latest_id(&self, tenant: &str, name: &[u8]) -> Result<Option<u64>, Error> {
+        let id = self.latest.get(key(tenant, name))?;
+        Ok(id.and_then(|id| id_of(&id)))
+    }
+
     fn frame(&self, tenant: &str, id: u64) -> Option<Bytes> {
         let frame = self.events.get(key(tenant, &id.to_be_bytes())).ok()??;
         Some(Bytes::copy_from_slice(&frame))
+    }
+
+    /// The events that leave a tenant's history of `history` events as
+    /// event `id` arrives: the one that falls out of the newest, unless it
+    /// is the latest of its name, and the latest of this event's name, if it
+    /// was kept only for being the latest. So disk use stays bounded by the
+    /// history and the number of names, and the sync stays complete.
+    fn expired(&self, event: &Event, id: u64, history: u64) -> Result<Vec<u64>, Error> {
+        let Some(leaving) = id.checked_sub(history).filter(|_| history > 0) else {
+            return Ok(Vec::new());
+        };
+        let superseded = self.latest_id(&event.tenant, event.event.as_bytes())?;
+        let mut expired: Vec<u64> = superseded
+            .filter(|old| *old <= leaving)
+            .into_iter()
+            .collect();
+        if let Some(frame) = self.frame(&event.tenant, leaving) {
+            let latest = self.latest_id(&event.tenant, sse::event_name(&frame))?;
+            expired.extend(Some(leaving).filter(|leaving| latest != Some(*leaving)));
+        }
+        Ok(expired)
+    }
+
+    /// Proves that storage can take a large write again, after a failure.
+    fn probe(&self) -> fjall::Result<()> {
+        // Random bytes: the journal would compress anything else to nothing.
+        let noise = (0..1 << 16).flat_map(|_| *uuid::Uuid::new_v4().as_bytes());
+        self.meta.insert("probe", noise.collect::<Vec<u8>>())?;
+        self.meta.remove("probe")?;
+        self.heartbeat()
     }
 
     /// Proves that storage still writes, and syncs the journal to disk.
@@ -179,12 +215,13 @@ impl Store {
         let engine = Engine::open(path).map_err(|error| format!("cannot open --db: {error}"))?;
         let engine = Mutex::new(Some(Arc::new(engine)));
         let path = path.to_path_buf();
-        let store = Store(Arc::new(Shared {
+        let shared = Shared {
             path,
             history,
             hub,
             engine,
-        }));
+        };
+        let store = Store(Arc::new(shared));
         let watched = store.clone();
         std::thread::spawn(move || watched.watch());
         Ok(store)
@@ -204,10 +241,16 @@ impl Store {
             if lock(&self.0.engine).take().is_some() {
                 eprintln!("storage: cannot write ({error:?}); reopening the database");
             }
-            match Engine::open(&self.0.path) {
+            // A reopened database counts once it has written a megabyte: a
+            // full disk may still take a heartbeat's few bytes.
+            let reopened = Engine::open(&self.0.path).and_then(|engine| {
+                engine.probe()?;
+                Ok(engine)
+            });
+            match reopened {
                 Ok(engine) => {
                     *lock(&self.0.engine) = Some(Arc::new(engine));
-                    eprintln!("storage: database reopened; serving again");
+                    eprintln!("storage: database reopened; writes work again");
                 }
                 // Logged when the reason changes, not every second.
                 Err(error) if error.to_string() != failure => {
@@ -283,17 +326,16 @@ impl Store {
             Write::Insert(event) => {
                 let id = engine.last_id(&writing, &event.tenant)? + 1;
                 let frame = sse::frame(id, &event.event, &event.data);
-                let latest = key(&event.tenant, event.event.as_bytes());
-                let superseded = engine.latest.get(&latest)?.and_then(|id| id_of(&id));
+                for expired in engine.expired(&event, id, self.0.history)? {
+                    batch.remove(&engine.events, key(&event.tenant, &expired.to_be_bytes()));
+                }
                 batch.insert(
                     &engine.events,
                     key(&event.tenant, &id.to_be_bytes()),
                     &*frame,
                 );
+                let latest = key(&event.tenant, event.event.as_bytes());
                 batch.insert(&engine.latest, latest, id.to_be_bytes());
-                for expired in self.expired(&engine, &event.tenant, id, superseded)? {
-                    batch.remove(&engine.events, key(&event.tenant, &expired.to_be_bytes()));
-                }
                 batch.commit()?;
                 writing.insert(event.tenant.clone(), id);
                 self.0.hub.publish(&event.tenant, frame);
@@ -320,40 +362,13 @@ impl Store {
         // new password or tenant, or a revocation, ends them, and the client
         // authenticates again. JWTs and cached Basic credentials are bound
         // to the password hash, and every request reads the user afresh.
-        let same = |old: User| old.password == user.password && old.tenant_name == user.tenant_name;
+        let same = |old: User| {
+            (old.password, old.tenant_name) == (user.password.clone(), user.tenant_name.clone())
+        };
         if user.revoked || !old.is_none_or(same) {
             self.0.hub.disconnect(&user.username);
         }
         Ok(json!({ "id": user.id }))
-    }
-
-    /// The events that leave a tenant's history as event `id` arrives: the
-    /// one that falls out of the newest `--history`, unless it is the latest
-    /// of its name, and the event `id` supersedes as the latest of its name,
-    /// if that was kept only for being the latest.
-    fn expired(
-        &self,
-        engine: &Engine,
-        tenant: &str,
-        id: u64,
-        superseded: Option<u64>,
-    ) -> Result<Vec<u64>, Error> {
-        let history = self.0.history;
-        if history == 0 || id <= history {
-            return Ok(Vec::new());
-        }
-        let leaving = id - history;
-        let mut expired: Vec<u64> = superseded
-            .filter(|old| *old <= leaving)
-            .into_iter()
-            .collect();
-        if let Some(frame) = engine.frame(tenant, leaving) {
-            let latest = engine.latest.get(key(tenant, sse::event_name(&frame)))?;
-            if latest.and_then(|latest| id_of(&latest)) != Some(leaving) {
-                expired.push(leaving);
-            }
-        }
-        Ok(expired)
     }
 
     /// Opens a stream for `user`. It starts with every event after `after`
@@ -371,8 +386,8 @@ impl Store {
         let tenant = user.tenant_name.clone();
         let writing = lock(&engine.writing);
         let upto = engine.last_id(&writing, &tenant)?;
-        // Stored only if the user is still as authenticated: a credential
-        // change waits for `writing` and then ends the stream.
+        // Opened only if the user is still as authenticated: a credential
+        // change waits for `writing`, and then ends the stream.
         if engine.user(&user.username)?.as_ref() != Some(user) {
             return Err(Error::Unauthorized(
                 "credentials changed; authenticate again".into(),
@@ -383,10 +398,11 @@ impl Store {
         let ids: Box<dyn Iterator<Item = u64> + Send> = match after.filter(kept) {
             Some(after) => Box::new(after.min(upto) + 1..=upto),
             None => {
-                let mut ids = Vec::new();
-                for entry in engine.latest.prefix(key(&tenant, b"")) {
-                    ids.extend(id_of(&entry.value()?));
-                }
+                let latest = engine
+                    .latest
+                    .prefix(key(&tenant, b""))
+                    .map(|entry| entry.value());
+                let mut ids: Vec<u64> = latest.filter_map(|id| id_of(&id.ok()?)).collect();
                 ids.sort_unstable();
                 Box::new(ids.into_iter())
             }

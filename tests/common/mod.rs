@@ -121,8 +121,16 @@ impl Broker {
 
     /// As `start_on`, with extra environment variables.
     pub fn start_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Broker::start_with(db, args, |command| {
+            command.envs(env.iter().copied());
+        })
+    }
+
+    /// As `start_on`, with the command adjusted by `configure` before it runs.
+    pub fn start_with(db: &Path, args: &[&str], configure: impl FnOnce(&mut Command)) -> Broker {
         let mut command = Broker::command(db, 0, args);
-        command.envs(env.iter().copied()).stderr(Stdio::piped());
+        configure(&mut command);
+        command.stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
         let (log, port) = collect_log(child.stderr.take().unwrap());
         let port = port
@@ -167,6 +175,31 @@ impl Broker {
         self.child.id() as i32
     }
 
+    /// The broker's resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Whether the process is still running (not exited).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, then the time it took to exit, if it did within `limit`.
+    pub fn stop_within(mut self, limit: Duration) -> Option<Duration> {
+        let started = std::time::Instant::now();
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        while started.elapsed() < limit {
+            if self.child.try_wait().unwrap().is_some() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGTERM, then wait for the exit; returns the exit status code.
     pub fn stop(mut self) -> Option<i32> {
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
@@ -189,6 +222,39 @@ impl Client {
             .set_read_timeout(Some(Duration::from_secs(15)))
             .unwrap();
         stream
+    }
+
+    /// A TCP connection from the local address `from` (127.0.0.2 …), so
+    /// tests can act as different clients; with `receive_buffer`, a small
+    /// kernel receive buffer, to play a client that stops reading.
+    pub fn connect_from(&self, from: &str, receive_buffer: Option<usize>) -> TcpStream {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+        socket.bind(&local.into()).unwrap();
+        let server: std::net::SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        socket.connect(&server.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream
+    }
+
+    /// A request from the local address `from`, read whole.
+    pub fn request_from(&self, from: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut stream = self.connect_from(from, None);
+        stream.write_all(&request_bytes(method, path, headers, body)).unwrap();
+        read_reply(&mut BufReader::new(stream))
+    }
+
+    /// A JSON POST from the local address `from`.
+    pub fn post_from(&self, from: &str, path: &str, body: &Value) -> Reply {
+        let headers = [("Content-Type", "application/json")];
+        self.request_from(from, "POST", path, &headers, body.to_string().as_bytes())
     }
 
     /// A connection speaking HTTPS when the broker does, with the TCP socket
@@ -218,15 +284,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Reply {
-        let mut request =
-            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-        let mut bytes = request.into_bytes();
-        bytes.extend_from_slice(body);
-        self.raw(&bytes)
+        self.raw(&request_bytes(method, path, headers, body))
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -289,6 +347,16 @@ impl Client {
         reply.json()["id"].as_u64().unwrap()
     }
 
+    /// The status of a `GET /sse`, read from the head alone, with the
+    /// stream (if it opened) left to close when the socket drops.
+    pub fn sse_status(&self, headers: &[(&str, &str)]) -> u16 {
+        let (mut stream, _tcp) = self.open();
+        stream
+            .write_all(&request_bytes("GET", "/sse", headers, b""))
+            .unwrap();
+        read_head(&mut BufReader::new(stream)).0
+    }
+
     /// Opens `/sse`; the status and headers are read, the body is left to `Sse`.
     pub fn sse(&self, headers: &[(&str, &str)]) -> Sse {
         let (mut stream, tcp) = self.open();
@@ -339,6 +407,19 @@ impl Drop for Broker {
     }
 }
 
+/// A whole HTTP/1.1 request that closes its connection.
+pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
 pub fn bearer(jwt: &str) -> String {
     format!("Bearer {jwt}")
 }
@@ -367,7 +448,7 @@ fn read_head(reader: &mut impl BufRead) -> (u16, String) {
     (status, head)
 }
 
-fn read_reply(reader: &mut impl BufRead) -> Reply {
+pub fn read_reply(reader: &mut impl BufRead) -> Reply {
     let (status, head) = read_head(reader);
     let lower = head.to_ascii_lowercase();
     let mut body = Vec::new();
