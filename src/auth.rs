@@ -42,6 +42,7 @@ struct Claims {
 
 /// Everything needed to authenticate a request; shared by all connections.
 pub struct Auth {
+    store: Store,
     jwt_secret: String,
     jwt_expiry: u64,
     admin_token: String,
@@ -66,10 +67,11 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(config: &Config) -> Result<Auth, String> {
+    pub fn new(config: &Config, store: Store) -> Result<Auth, String> {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
         let decoy = hash(&random()).map_err(|_| "cannot compute Argon2 hashes")?;
         Ok(Auth {
+            store,
             jwt_secret: config.jwt_secret.clone(),
             jwt_expiry: config.jwt_expiry,
             admin_token: config.admin_token.clone(),
@@ -87,11 +89,11 @@ impl Auth {
     /// constant time, so timing reveals nothing about the real token. A
     /// wrong token counts as a failed check of the client's address.
     pub fn check_admin(&self, address: IpAddr, token: &str) -> Result<(), Error> {
-        self.check_limit(address)?;
+        self.limit(address, 0)?;
         let expected = hmac(&self.cache_key, &self.admin_token).finalize();
         let given = hmac(&self.cache_key, token);
         if given.verify(&expected.into_bytes()).is_err() {
-            self.failures(address, 1);
+            let _ = self.limit(address, 1);
             return Err(Error::Unauthorized("wrong admin_token".into()));
         }
         Ok(())
@@ -100,99 +102,73 @@ impl Auth {
     /// A signed JWT for `user`, valid for `--jwt_expiry` seconds of NTP time.
     pub fn issue(&self, user: &User) -> String {
         let iat = crate::clock::now_ms() / 1000;
-        let claims = Claims {
+        let claims = json!(Claims {
             sub: user.username.clone(),
             iat,
             exp: iat + self.jwt_expiry,
             iss: "Broker".into(),
             cred: Some(self.credential(user)),
-        };
+        });
         let header = BASE64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let signed = format!("{header}.{}", BASE64URL.encode(json!(claims).to_string()));
+        let signed = format!("{header}.{}", BASE64URL.encode(claims.to_string()));
         let signature = hmac(&self.jwt_secret, &signed).finalize().into_bytes();
         format!("{signed}.{}", BASE64URL.encode(signature))
     }
 
-    /// The claims of a valid token. Only HS256 is accepted, the signature is
+    /// The user of a valid token. Only HS256 is accepted, the signature is
     /// compared in constant time, and `exp` is enforced.
-    fn verify_jwt(&self, token: &str) -> Result<Claims, Error> {
+    fn bearer(&self, token: &str) -> Result<Caller, Error> {
         let invalid = || Error::Unauthorized("invalid token".into());
         let (signed, signature) = token.rsplit_once('.').ok_or_else(invalid)?;
         let (header, claims) = signed.split_once('.').ok_or_else(invalid)?;
         let header: Value = decode_json(header).ok_or_else(invalid)?;
-        if header["alg"] != "HS256" {
-            return Err(invalid());
-        }
         let signature = BASE64URL.decode(signature).map_err(|_| invalid())?;
         let mac = hmac(&self.jwt_secret, signed);
-        mac.verify_slice(&signature).map_err(|_| invalid())?;
+        if header["alg"] != "HS256" || mac.verify_slice(&signature).is_err() {
+            return Err(invalid());
+        }
         let claims: Claims = decode_json(claims).ok_or_else(invalid)?;
         if claims.exp <= crate::clock::now_ms() / 1000 {
             return Err(Error::Unauthorized("token expired".into()));
         }
-        if claims.iss != "Broker" {
-            return Err(invalid());
+        let user = self.store.user(&claims.sub)?.ok_or_else(invalid)?;
+        let fingerprint = self.credential(&user);
+        let current = claims.cred.is_none_or(|cred| cred == fingerprint);
+        if claims.iss != "Broker" || !current {
+            return Err(Error::Unauthorized("token no longer valid".into()));
         }
-        Ok(claims)
+        let (user, expires) = (allowed(user)?, Some(claims.exp));
+        Ok(Caller { user, expires })
     }
 
     /// Authenticates an `Authorization: Bearer …` or `Basic …` header value
-    /// from `address`.
-    pub async fn authenticate(
-        &self,
-        store: &Store,
-        address: IpAddr,
-        header: Option<&str>,
-    ) -> Result<Caller, Error> {
-        let missing = || Error::Unauthorized("missing Authorization header".into());
-        let header = header.ok_or_else(missing)?;
+    /// from the client at `peer`.
+    pub async fn authenticate(&self, peer: IpAddr, header: Option<&str>) -> Result<Caller, Error> {
+        let invalid = |reason: &str| Error::Unauthorized(reason.into());
+        let header = header.ok_or_else(|| invalid("missing Authorization header"))?;
         let (scheme, credentials) = header.split_once(' ').unwrap_or((header, ""));
-        match scheme.to_ascii_lowercase().as_str() {
-            "bearer" => {
-                let claims = self.verify_jwt(credentials.trim())?;
-                let user = store.user(&claims.sub)?;
-                let current = |user: &User| {
-                    claims
-                        .cred
-                        .as_ref()
-                        .is_none_or(|cred| *cred == self.credential(user))
-                };
-                let user = user.filter(current);
-                let stale = || Error::Unauthorized("token no longer valid; log in again".into());
-                let user = allowed(user.ok_or_else(stale)?)?;
-                let expires = Some(claims.exp);
-                Ok(Caller { user, expires })
-            }
-            "basic" => {
-                let invalid = || Error::Unauthorized("malformed Basic credentials".into());
-                let decoded = STANDARD.decode(credentials.trim()).map_err(|_| invalid())?;
-                let decoded = String::from_utf8(decoded).map_err(|_| invalid())?;
-                // The password is everything after the first colon, colons and all.
-                let (username, password) = decoded.split_once(':').ok_or_else(invalid)?;
-                let user = self.login(store, address, username, password).await?;
-                Ok(Caller {
-                    user,
-                    expires: None,
-                })
-            }
-            _ => Err(Error::Unauthorized(
-                "unsupported Authorization scheme".into(),
-            )),
+        let credentials = credentials.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return self.bearer(credentials);
         }
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Err(invalid("unsupported Authorization scheme"));
+        }
+        let malformed = || invalid("malformed Basic credentials");
+        let decoded = STANDARD.decode(credentials).map_err(|_| malformed())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+        // The password is everything after the first colon, colons and all.
+        let (name, password) = decoded.split_once(':').ok_or_else(malformed)?;
+        let (user, expires) = (self.login(peer, name, password).await?, None);
+        Ok(Caller { user, expires })
     }
 
     /// Checks a username and password from `address`; either one wrong is
     /// the same 401, and counts against the address's `--login_limit`.
-    pub async fn login(
-        &self,
-        store: &Store,
-        address: IpAddr,
-        name: &str,
-        password: &str,
-    ) -> Result<User, Error> {
-        self.check_limit(address)?;
+    pub async fn login(&self, address: IpAddr, name: &str, password: &str) -> Result<User, Error> {
+        self.limit(address, 0)?;
         let wrong = || Error::Unauthorized("wrong username or password".into());
-        let stored = store.user(name)?.map(|user| user.password);
+        let stored = self.store.user(name)?.map(|user| user.password);
         let stored = stored.unwrap_or_else(|| self.decoy.clone());
         // Length-prefixed parts, so ("ab", "c") and ("a", "bc") differ.
         let message = [name, password, &stored].map(|part| format!("{}:{part}", part.len()));
@@ -201,11 +177,12 @@ impl Auth {
         let cached = lock(&self.verified).get(name) == Some(&digest);
         let (given, hash) = (password.to_string(), stored.clone());
         if !cached && !self.argon(move || verify(&given, &hash)).await? {
-            self.failures(address, 1);
+            let _ = self.limit(address, 1);
             return Err(wrong());
         }
         // Read again after the wait: a change that landed meanwhile wins.
-        let user = store.user(name)?.filter(|user| user.password == stored);
+        let user = self.store.user(name)?;
+        let user = user.filter(|user| user.password == stored);
         let user = allowed(user.ok_or_else(wrong)?)?;
         let mut verified = lock(&self.verified);
         if verified.len() >= TABLE_LIMIT {
@@ -220,46 +197,38 @@ impl Auth {
         self.argon(move || hash(&password)).await?
     }
 
-    /// Refuses an address that failed too many checks in this minute.
-    fn check_limit(&self, address: IpAddr) -> Result<(), Error> {
-        if self.failures(address, 0) < self.login_limit {
-            return Ok(());
-        }
-        let seconds = 60 - crate::clock::now_ms() / 1000 % 60;
-        let reason = "too many failed password checks; try again later";
-        Err(Error::TooMany(reason.into(), seconds))
-    }
-
-    /// Adds `failed` to the failed checks of `address` in this minute, and
-    /// returns them. The table starts over each minute, so it stays small.
-    fn failures(&self, address: IpAddr, failed: u64) -> u64 {
-        let minute = crate::clock::now_ms() / 60_000;
+    /// Counts `failed` more failed checks of `address` in this minute, and
+    /// refuses the address once it has failed `--login_limit` of them. The
+    /// table starts over each minute, so it stays small.
+    fn limit(&self, address: IpAddr, failed: u64) -> Result<(), Error> {
+        let now = crate::clock::now_ms() / 1000;
         let mut table = lock(&self.failures);
-        if table.0 != minute {
-            *table = (minute, HashMap::new());
+        if table.0 != now / 60 {
+            *table = (now / 60, HashMap::new());
         }
         let count = table.1.entry(address).or_default();
         *count += failed;
-        *count
+        if *count < self.login_limit {
+            return Ok(());
+        }
+        let reason = "too many failed password checks; try again later";
+        Err(Error::TooMany(reason.into(), 60 - now % 60))
     }
 
     /// A fingerprint of the user's password hash, for the `cred` claim. The
     /// hash holds a fresh salt, so every password change yields a new one.
     fn credential(&self, user: &User) -> String {
-        let fingerprint = hmac(&self.jwt_secret, &user.password)
-            .finalize()
-            .into_bytes();
-        BASE64URL.encode(&fingerprint[..12])
+        let fingerprint = hmac(&self.jwt_secret, &user.password).finalize();
+        BASE64URL.encode(&fingerprint.into_bytes()[..12])
     }
 
     /// Runs Argon2 work on the blocking pool, one job per core at most; with
     /// `ARGON_QUEUE` requests already waiting, answers 503 at once.
-    async fn argon<T, F>(&self, work: F) -> Result<T, Error>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let busy = || Error::Unavailable("too many password checks at once; retry".into());
+    async fn argon<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let busy = || Error::Unavailable("too many password checks at once".into());
         let _queued = self.argon_queue.try_acquire().map_err(|_| busy())?;
         let _running = self.argon_running.acquire().await;
         let done = tokio::task::spawn_blocking(work).await;
@@ -296,10 +265,8 @@ fn hash(password: &str) -> Result<String, Error> {
     let failed = |_| Error::Internal("password hashing failed".into());
     // A fresh random salt per hash, from the OS source via uuid v4.
     let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes()).map_err(failed)?;
-    let hash = argon2()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(failed)?;
-    Ok(hash.to_string())
+    let hash = argon2().hash_password(password.as_bytes(), &salt);
+    Ok(hash.map_err(failed)?.to_string())
 }
 
 fn verify(password: &str, stored: &str) -> bool {

@@ -60,27 +60,21 @@ impl Config {
             values.insert(*name, variable.unwrap_or(default.to_string()));
         }
         let mut explicit_port = std::env::var("BROKER_PORT").is_ok();
-        let mut args = args.into_iter().peekable();
+        let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "--help" || arg == "-h" {
                 print_help();
             }
             let flag = arg.strip_prefix("--").or(arg.strip_prefix('-'));
             let flag = flag.ok_or(format!("unexpected argument {arg:?}"))?;
-            let (name, inline) = match flag.split_once('=') {
-                Some((name, value)) => (name, Some(value.to_string())),
-                None => (flag, None),
-            };
+            let (name, inline) = flag.split_once('=').unzip();
+            let name = name.unwrap_or(flag);
             let known = FLAGS.iter().find(|(known, ..)| *known == name);
             let (name, default, _) = known.ok_or(format!("unknown flag --{name} (see --help)"))?;
-            let boolean = ["true", "false"].contains(default);
-            let value = match inline {
-                Some(value) => Some(value),
-                // A bare boolean means true, unless a true/false follows it.
-                None if boolean => args.next_if(|next| next == "true" || next == "false"),
-                None => args.next(),
-            };
-            let value = value.or(boolean.then(|| "true".to_string()));
+            // As in Go, a bare boolean means true; other flags take the next
+            // argument unless the value follows `=`.
+            let bare = ["true", "false"].contains(default).then_some("true");
+            let value = inline.or(bare).map(String::from).or_else(|| args.next());
             values.insert(name, value.ok_or(format!("flag --{name} needs a value"))?);
             explicit_port |= *name == "port";
         }

@@ -2,8 +2,9 @@
 //! error replies, the access log, and one function per endpoint.
 
 use crate::auth::{Auth, Caller};
+use crate::hub::{self, Body};
 use crate::store::{Changes, Event, MAX_USERNAME, Store, User, Write};
-use crate::{config::Config, error::Error, sse, sse::Body};
+use crate::{config::Config, error::Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
@@ -57,7 +58,7 @@ pub struct State {
 impl State {
     /// Applies a write and answers with its result.
     async fn write(&self, write: Write) -> Reply {
-        ok(self.store.apply(write, None)?)
+        ok(self.store.apply(write)?)
     }
 }
 
@@ -80,7 +81,8 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let result = route(&state, address, request, &path).await;
     let mut response = result.unwrap_or_else(error_reply);
-    let (headers, origin) = (response.headers_mut(), state.config.origin.clone());
+    let origin = state.config.origin.clone();
+    let headers = response.headers_mut();
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     let status = response.status().as_u16();
     let milliseconds = started.elapsed().as_secs_f64() * 1000.0;
@@ -194,7 +196,7 @@ async fn caller(state: &State, address: IpAddr, request: &HttpRequest) -> Result
     let header = request.headers().get(AUTHORIZATION);
     let header = header.map(HeaderValue::to_str).transpose();
     let header = header.map_err(|_| Error::Unauthorized("bad Authorization header".into()))?;
-    state.auth.authenticate(&state.store, address, header).await
+    state.auth.authenticate(address, header).await
 }
 
 /// A 400 saying what the input must be, unless it is `valid`.
@@ -246,10 +248,8 @@ fn health(state: &State) -> Reply {
 
 async fn login(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let body: Credentials = fields(json_body(state, request).await?)?;
-    let (auth, name) = (&state.auth, &body.username);
-    let user = auth
-        .login(&state.store, address, name, &body.password)
-        .await?;
+    let (name, password) = (&body.username, &body.password);
+    let user = state.auth.login(address, name, password).await?;
     ok(json!({ "jwt": state.auth.issue(&user) }))
 }
 
@@ -280,7 +280,7 @@ async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     });
     let after = last_event_id.transpose()?;
     let body = state.store.subscribe(&user, expires, after)?;
-    Ok(respond(StatusCode::OK, body, sse::HEADERS))
+    Ok(respond(StatusCode::OK, body, hub::HEADERS))
 }
 
 async fn create_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {

@@ -1,10 +1,65 @@
-//! Live fan-out: the open streams of every tenant, who holds them, and until
-//! when. Publishing hands one shared frame to each stream.
+//! Live streams: the SSE wire, all of it (how an event is framed, the
+//! keep-alive comment, the response headers and body), and the fan-out that
+//! hands each inserted event to every open stream of its tenant.
 
-use crate::error::{Error, lock};
-use crate::sse::{PING, Sender};
+use crate::error::lock;
 use bytes::Bytes;
-use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
+use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::Frame;
+use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::{collections::HashMap, convert::Infallible, fmt::Write, time::Duration};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
+
+/// Bytes a stream may have waiting (beyond one frame of any size) before it
+/// is ended: a subscriber that cannot keep up resumes with Last-Event-ID
+/// rather than holding the server's memory or slowing anyone else.
+const QUEUE_LIMIT: usize = 1 << 20;
+
+/// The keep-alive comment.
+const PING: Bytes = Bytes::from_static(b":\n\n");
+
+pub const HEADERS: &[(&str, &str)] = &[
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    // Tells nginx-style proxies not to buffer the stream.
+    ("x-accel-buffering", "no"),
+];
+
+/// Every response body, a stream's included.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Stored frames a stream starts with, oldest first, read as it is written.
+/// One that can no longer be read (`None`) ends the stream, and the client
+/// resumes with Last-Event-ID instead of silently missing it.
+pub type Backlog = Box<dyn Iterator<Item = Option<Bytes>> + Send>;
+
+/// One SSE frame, `id:<id>\nevent:<name>\ndata:<json>\n\n`, pure ASCII:
+/// broker-client decodes byte by byte as Latin-1, so every non-ASCII
+/// character of the JSON (only strings can hold one) becomes `\uXXXX`.
+pub fn frame(id: u64, name: &str, data: &Value) -> Bytes {
+    let mut frame = format!("id:{id}\nevent:{name}\ndata:");
+    for character in data.to_string().chars() {
+        if character.is_ascii() {
+            frame.push(character);
+        } else {
+            for unit in character.encode_utf16(&mut [0; 2]) {
+                let _ = write!(frame, "\\u{unit:04x}");
+            }
+        }
+    }
+    frame.push_str("\n\n");
+    Bytes::from(frame)
+}
+
+/// The event name of a frame made by `frame`.
+pub fn event_name(frame: &[u8]) -> &[u8] {
+    let mut lines = frame.split(|byte| *byte == b'\n');
+    let line = lines.nth(1).unwrap_or_default();
+    line.strip_prefix(b"event:").unwrap_or_default()
+}
 
 /// Cheap handle to the subscriber lists, cloned wherever streams are opened
 /// or events published.
@@ -14,59 +69,81 @@ pub struct Hub {
     /// critical section awaits.
     tenants: Arc<Mutex<HashMap<String, Vec<Subscriber>>>>,
     /// Most open streams one user may hold (`--max_streams`).
-    max_streams: usize,
+    limit: usize,
 }
 
 /// One open stream. It leaves the hub only by being dropped from its list,
-/// which drops its sender and so ends the stream cleanly.
+/// which drops its sender and so ends the response cleanly once what is
+/// queued has been written: the chunked terminator, which broker-client
+/// reports with `onclose`, never a cut connection.
 struct Subscriber {
     username: String,
     /// Unix time at which the stream's JWT expires; Basic streams never do.
     expires: Option<u64>,
-    sender: Sender,
+    frames: UnboundedSender<Bytes>,
+    /// Bytes sent but not yet taken by the response body.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Subscriber {
+    /// Queues a frame; `false` if the stream is gone or over its limit, and
+    /// should be dropped.
+    fn send(&self, frame: Bytes) -> bool {
+        let queued = self.queued.fetch_add(frame.len(), Relaxed);
+        queued < QUEUE_LIMIT && self.frames.send(frame).is_ok()
+    }
 }
 
 impl Hub {
-    pub fn new(max_streams: usize) -> Hub {
+    pub fn new(limit: usize) -> Hub {
         let tenants = Arc::default();
-        Hub {
-            tenants,
-            max_streams,
-        }
+        Hub { tenants, limit }
     }
 
-    /// Registers a stream of `username` in `tenant`, unless the user
-    /// already holds `--max_streams` open ones.
+    /// Opens a stream of `username` in `tenant`: the body of its response,
+    /// the backlog and then live frames. `None` if the user already holds
+    /// `--max_streams` open streams.
     pub fn subscribe(
         &self,
         tenant: &str,
         username: &str,
         expires: Option<u64>,
-        sender: Sender,
-    ) -> Result<(), Error> {
+        backlog: Backlog,
+    ) -> Option<Body> {
         let mut tenants = lock(&self.tenants);
         let subscribers = tenants.entry(tenant.to_string()).or_default();
         let open = subscribers
             .iter()
             .filter(|other| other.username == username);
-        if open.filter(|other| !other.sender.is_closed()).count() >= self.max_streams {
-            let reason = format!("at most {} open streams per user", self.max_streams);
-            return Err(Error::TooMany(reason, 10));
+        if open.filter(|other| !other.frames.is_closed()).count() >= self.limit {
+            return None;
         }
+        let (frames, receiver) = unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
+        let live = UnboundedReceiverStream::new(receiver).map(move |frame: Bytes| {
+            taken.fetch_sub(frame.len(), Relaxed);
+            Some(frame)
+        });
+        let all = tokio_stream::iter(backlog).chain(live);
+        let all = all
+            .map_while(|frame| frame)
+            .map(|frame| Ok(Frame::data(frame)));
         let username = username.to_string();
         subscribers.push(Subscriber {
             username,
             expires,
-            sender,
+            frames,
+            queued,
         });
-        Ok(())
+        Some(StreamBody::new(all).boxed_unsync())
     }
 
     /// Hands one frame to every stream of the tenant; the `Bytes` is shared,
     /// never copied. A stream that is gone or too far behind is dropped.
     pub fn publish(&self, tenant: &str, frame: Bytes) {
         if let Some(subscribers) = lock(&self.tenants).get_mut(tenant) {
-            subscribers.retain(|subscriber| subscriber.sender.send(frame.clone()));
+            subscribers.retain(|subscriber| subscriber.send(frame.clone()));
         }
     }
 
@@ -90,8 +167,7 @@ impl Hub {
             let now = crate::clock::now_ms() / 1000;
             let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
             self.retain(|subscriber| {
-                let sender = &subscriber.sender;
-                let open = !sender.is_closed() && (!ping || sender.send(PING));
+                let open = !subscriber.frames.is_closed() && (!ping || subscriber.send(PING));
                 open && subscriber.expires.is_none_or(|expires| expires > now)
             });
         }

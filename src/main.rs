@@ -7,24 +7,24 @@ mod config;
 mod error;
 mod http;
 mod hub;
-mod sse;
 mod store;
 mod tls;
 
 use http::State;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use std::net::IpAddr;
-use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::{process::ExitCode, sync::Arc, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::timeout;
 use tokio_io_timeout::TimeoutWriter;
 use tokio_rustls::TlsAcceptor;
+
+/// A client's byte stream, plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long a client may take over its TLS handshake or request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: config::Config) -> Result<(), String> {
-    clock::start(&config.ntp_servers, config.ntp_interval).await;
+    clock::start(&config.ntp_servers, config.ntp_interval);
     let hub = hub::Hub::new(config.max_streams);
     let store = store::Store::open(&config.db, config.history, hub.clone())?;
     let tls = tls::acceptor(&config).await?;
@@ -68,24 +68,27 @@ async fn run(config: config::Config) -> Result<(), String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     eprintln!("broker: serving {scheme} on port {}", address.port());
-    let auth = auth::Auth::new(&config)?;
+    let auth = auth::Auth::new(&config, store.clone())?;
     let state = Arc::new(State {
         config,
         store: store.clone(),
         auth,
     });
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    // SIGTERM (systemd) or SIGINT (Ctrl-C) starts a graceful shutdown.
+    let signal = |kind| signal(kind).map_err(|error| format!("cannot catch signals: {error}"));
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
         };
         match accepted {
-            Ok((tcp, peer)) => {
-                let watcher = graceful.watcher();
-                let state = state.clone();
-                tokio::spawn(connection(tcp, tls.clone(), peer.ip(), state, watcher));
+            Ok((tcp, _)) => {
+                let drain = graceful.watcher();
+                tokio::spawn(connection(tcp, tls.clone(), state.clone(), drain));
             }
             Err(error) => {
                 // Typically out of file descriptors: wait rather than spin.
@@ -106,45 +109,25 @@ async fn run(config: config::Config) -> Result<(), String> {
 /// One client connection: the TLS handshake if any, then HTTP/1.1 until the
 /// client leaves or shutdown drains it. A failed handshake concerns that
 /// client alone.
-async fn connection(
-    tcp: TcpStream,
-    tls: Option<TlsAcceptor>,
-    address: IpAddr,
-    state: Arc<State>,
-    watcher: Watcher,
-) {
+async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, drain: Watcher) {
+    let Ok(peer) = tcp.peer_addr() else { return };
     let _ = tcp.set_nodelay(true);
     let mut tcp = TimeoutWriter::new(tcp);
     tcp.set_timeout(Some(WRITE_TIMEOUT));
     let tcp = Box::pin(tcp);
-    let Some(tls) = tls else {
-        return serve(tcp, address, state, watcher).await;
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => match timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => Box::new(stream),
+            _ => return,
+        },
     };
-    if let Ok(Ok(stream)) = timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
-        serve(stream, address, state, watcher).await;
-    }
-}
-
-async fn serve<I>(io: I, address: IpAddr, state: Arc<State>, watcher: Watcher)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+    let address = peer.ip();
     let service = service_fn(move |request| http::serve(state.clone(), address, request));
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new());
     builder.header_read_timeout(HEADER_TIMEOUT);
     builder.max_header_size(MAX_HEADERS);
     let connection = builder.serve_connection(TokioIo::new(io), service);
-    let _ = watcher.watch(connection).await;
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let _ = drain.watch(connection).await;
 }

@@ -8,22 +8,39 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn ids(events: &[Event]) -> Vec<(u64, &str)> {
-    events.iter().map(|event| (event.id, event.event.as_str())).collect()
+    events
+        .iter()
+        .map(|event| (event.id, event.event.as_str()))
+        .collect()
 }
 
 /// The frames a stream starts with (until `count` have arrived).
-fn backlog(broker: &Broker, jwt: &str, last_event_id: Option<&str>, count: usize) -> Vec<(u64, String)> {
+fn backlog(
+    broker: &Broker,
+    jwt: &str,
+    last_event_id: Option<&str>,
+    count: usize,
+) -> Vec<(u64, String)> {
     let auth = bearer(jwt);
     let mut headers = vec![("Authorization", auth.as_str())];
     headers.extend(last_event_id.map(|id| ("Last-Event-ID", id)));
     let mut stream = broker.sse(&headers);
-    let events = ids(stream.events(count)).iter().map(|(id, name)| (*id, name.to_string())).collect();
-    assert!(stream.quiet_for(Duration::from_millis(200)), "more frames than expected");
+    let events = ids(stream.events(count))
+        .iter()
+        .map(|(id, name)| (*id, name.to_string()))
+        .collect();
+    assert!(
+        stream.quiet_for(Duration::from_millis(200)),
+        "more frames than expected"
+    );
     events
 }
 
 fn owned(pairs: &[(u64, &str)]) -> Vec<(u64, String)> {
-    pairs.iter().map(|(id, name)| (*id, name.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(id, name)| (*id, name.to_string()))
+        .collect()
 }
 
 #[test]
@@ -45,7 +62,10 @@ fn history_keeps_the_newest_events_and_the_latest_of_every_name() {
         // Within the newest five, Last-Event-ID replays exactly what followed.
         let replay = owned(&[(8, "c"), (9, "c"), (10, "c"), (11, "c"), (12, "c")]);
         assert_eq!(backlog(&broker, &jwt, Some("7"), 5), replay);
-        assert_eq!(backlog(&broker, &jwt, Some("10"), 2), owned(&[(11, "c"), (12, "c")]));
+        assert_eq!(
+            backlog(&broker, &jwt, Some("10"), 2),
+            owned(&[(11, "c"), (12, "c")])
+        );
         // Older than what is kept: the sync, so the client is whole again.
         assert_eq!(backlog(&broker, &jwt, Some("6"), 3), sync);
         assert_eq!(backlog(&broker, &jwt, Some("0"), 3), sync);
@@ -55,7 +75,10 @@ fn history_keeps_the_newest_events_and_the_latest_of_every_name() {
     }
     // A superseded latest that had been kept for its name goes too.
     broker.insert(&jwt, "a", &json!(13));
-    assert_eq!(backlog(&broker, &jwt, None, 3), owned(&[(2, "b"), (12, "c"), (13, "a")]));
+    assert_eq!(
+        backlog(&broker, &jwt, None, 3),
+        owned(&[(2, "b"), (12, "c"), (13, "a")])
+    );
 }
 
 /// Bytes a directory takes on disk (allocated, so the journal's sparse
@@ -65,14 +88,21 @@ fn size_of(path: &Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(path).unwrap().flatten() {
         let meta = entry.metadata().unwrap();
-        total += if meta.is_dir() { size_of(&entry.path()) } else { meta.blocks() * 512 };
+        total += if meta.is_dir() {
+            size_of(&entry.path())
+        } else {
+            meta.blocks() * 512
+        };
     }
     total
 }
 
 /// Text that does not compress.
 fn noise(length: usize, seed: u64) -> String {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     (0..length)
         .map(|_| {
             state ^= state << 13;
@@ -103,7 +133,9 @@ fn disk_use(history: &str, count: u64) -> u64 {
 fn disk_use_is_bounded_by_history_not_by_inserts() {
     let bounded = disk_use("50", 4000);
     let unbounded = disk_use("0", 4000);
-    eprintln!("4000 inserts of 10 KB: tables of {bounded} bytes with --history=50, {unbounded} with 0");
+    eprintln!(
+        "4000 inserts of 10 KB: tables of {bounded} bytes with --history=50, {unbounded} with 0"
+    );
     // 50 events and 10 latest of 10 KB is well under 4 MB, whatever was inserted.
     assert!(unbounded > 30_000_000, "{unbounded}");
     assert!(bounded < 4_000_000, "{bounded}");
@@ -142,7 +174,10 @@ fn ten_thousand_tenants_stay_small_and_quick_to_stop_and_start() {
     let stopped = stopped.expect("still running 10 s after SIGTERM");
     let size = size_of(&db);
     eprintln!("clean shutdown took {stopped:?}; database {size} bytes");
-    assert!(stopped < Duration::from_secs(5), "shutdown took {stopped:?}");
+    assert!(
+        stopped < Duration::from_secs(5),
+        "shutdown took {stopped:?}"
+    );
     assert!(size < 200_000_000, "database is {size} bytes");
     let started = Instant::now();
     let broker = Broker::start_on(&db, &[]);

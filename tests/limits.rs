@@ -49,7 +49,11 @@ fn failed_password_checks_are_limited_per_client_address() {
     guess(ADMIN).assert_error(429);
     assert_eq!(
         broker
-            .post_from("127.0.0.5", "/get_user", &json!({"admin_token": ADMIN, "username": "bob"}))
+            .post_from(
+                "127.0.0.5",
+                "/get_user",
+                &json!({"admin_token": ADMIN, "username": "bob"})
+            )
             .status,
         200
     );
@@ -99,10 +103,17 @@ fn too_many_requests_waiting_for_argon2_are_refused_with_503() {
         })
         .collect();
     let replies: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    let refused: Vec<_> = replies.iter().filter(|(status, _)| *status == 503).collect();
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|(status, _)| *status == 503)
+        .collect();
     assert!(!refused.is_empty(), "no request was refused: {replies:?}");
     assert!(refused.iter().all(|(_, retry)| retry.is_some()));
-    assert!(replies.iter().all(|(status, _)| [401, 503].contains(status)));
+    assert!(
+        replies
+            .iter()
+            .all(|(status, _)| [401, 503].contains(status))
+    );
     // The server is fine afterwards.
     broker.login("bob", "pw");
 }
@@ -110,12 +121,23 @@ fn too_many_requests_waiting_for_argon2_are_refused_with_503() {
 #[test]
 fn hostile_usernames_are_refused_and_never_reach_storage() {
     let broker = Broker::start(&[]);
-    for name in ["\u{7}bob", "bo\u{0}b", " bob", "bob ", "\tbob", "bob\u{85}", "a:b"] {
-        let body = json!({"username": name, "password": "pw", "admin_token": ADMIN, "tenant_name": "t1"});
+    for name in [
+        "\u{7}bob",
+        "bo\u{0}b",
+        " bob",
+        "bob ",
+        "\tbob",
+        "bob\u{85}",
+        "a:b",
+    ] {
+        let body =
+            json!({"username": name, "password": "pw", "admin_token": ADMIN, "tenant_name": "t1"});
         broker.post("/create_user", &body).assert_error(400);
     }
     assert_eq!(
-        broker.post("/list_users", &json!({"admin_token": ADMIN})).json(),
+        broker
+            .post("/list_users", &json!({"admin_token": ADMIN}))
+            .json(),
         json!([])
     );
     // A name far longer than a storage key may be is a plain 401/400.
@@ -123,7 +145,10 @@ fn hostile_usernames_are_refused_and_never_reach_storage() {
     let body = json!({"username": long, "password": "pw"});
     broker.post("/login", &body).assert_error(401);
     // (A header over 64 KiB is refused as such: 431.)
-    let reply = broker.get("/verify", &[("Authorization", &basic(&long[..40_000], "pw"))]);
+    let reply = broker.get(
+        "/verify",
+        &[("Authorization", &basic(&long[..40_000], "pw"))],
+    );
     reply.assert_error(401);
     broker.admin("/get_user", &long).assert_error(400);
     broker.admin("/revoke_user", &long).assert_error(400);

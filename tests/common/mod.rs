@@ -80,8 +80,14 @@ impl Reply {
 /// pipe never fills), reporting the port of its "serving … on port N" line.
 pub fn collect_log(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>>>, Receiver<u16>) {
     let log = Arc::new(Mutex::new(Vec::new()));
+    let port = collect_log_into(stderr, log.clone());
+    (log, port)
+}
+
+/// As `collect_log`, appending to an existing log.
+pub fn collect_log_into(stderr: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) -> Receiver<u16> {
     let (sender, port) = std::sync::mpsc::channel();
-    let lines = log.clone();
+    let lines = log;
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let port = line.contains("serving").then(|| line.rsplit(' ').next());
@@ -92,7 +98,89 @@ pub fn collect_log(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>
             }
         }
     });
-    (log, port)
+    port
+}
+
+/// A broker kept running the way `broker.service` has systemd run it
+/// (`Restart=on-failure`, `RestartSec=2`): whenever it exits with a failure
+/// it is started again, on the same port and database.
+pub struct Supervised {
+    pub client: Client,
+    pub log: Arc<Mutex<Vec<String>>>,
+    /// How many times it was restarted.
+    pub restarts: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pid: Arc<std::sync::atomic::AtomicI32>,
+}
+
+impl Supervised {
+    pub fn start(db: &Path, args: &[&str], configure: impl Fn(&mut Command) + Send + 'static) -> Supervised {
+        use std::sync::atomic::Ordering::SeqCst;
+        let port = free_port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let restarts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let (db, args): (PathBuf, Vec<String>) = (db.to_path_buf(), args.iter().map(|a| a.to_string()).collect());
+        let (thread_log, thread_restarts, thread_stop, thread_pid) = (log.clone(), restarts.clone(), stop.clone(), pid.clone());
+        std::thread::spawn(move || {
+            loop {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut command = Broker::command(&db, port, &args);
+                configure(&mut command);
+                command.stderr(Stdio::piped());
+                let mut child = command.spawn().unwrap();
+                collect_log_into(child.stderr.take().unwrap(), thread_log.clone());
+                thread_pid.store(child.id() as i32, SeqCst);
+                let status = loop {
+                    if thread_stop.load(SeqCst) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return;
+                    }
+                    if let Some(status) = child.try_wait().unwrap() {
+                        break status;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                if status.success() {
+                    return;
+                }
+                thread_restarts.fetch_add(1, SeqCst);
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+        let client = Client { port, tls: None };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "broker did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Supervised { client, log, restarts, stop, pid }
+    }
+
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|line| line.contains(text))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::ops::Deref for Supervised {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -178,7 +266,10 @@ impl Broker {
     /// The broker's resident memory in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
@@ -244,10 +335,32 @@ impl Client {
         stream
     }
 
+    /// A request that tolerates a broker that is not there (restarting):
+    /// `None` if it cannot connect.
+    pub fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Reply> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+        stream.write_all(&request_bytes(method, path, headers, body)).ok()?;
+        let mut reader = BufReader::new(stream);
+        let (status, head) = read_head(&mut reader);
+        let mut body = Vec::new();
+        let _ = reader.read_to_end(&mut body);
+        Some(Reply { status, head, body })
+    }
+
     /// A request from the local address `from`, read whole.
-    pub fn request_from(&self, from: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    pub fn request_from(
+        &self,
+        from: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
         let mut stream = self.connect_from(from, None);
-        stream.write_all(&request_bytes(method, path, headers, body)).unwrap();
+        stream
+            .write_all(&request_bytes(method, path, headers, body))
+            .unwrap();
         read_reply(&mut BufReader::new(stream))
     }
 
