@@ -11,7 +11,7 @@ use hyper::body::Body as _;
 use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::{convert::Infallible, io::Write as _, net::IpAddr, sync::Arc, time::Duration};
 
@@ -22,21 +22,6 @@ type Headers = &'static [(&'static str, &'static str)];
 
 /// How long a request body may take to arrive, like the headers.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Every path that exists, so a wrong method is told 405 rather than 404.
-const PATHS: &[&str] = &[
-    "/",
-    "/login",
-    "/sse",
-    "/insert",
-    "/verify",
-    "/create_user",
-    "/update_user",
-    "/revoke_user",
-    "/unrevoke_user",
-    "/get_user",
-    "/list_users",
-];
 
 const ALLOWED_HEADERS: &str = "authorization, content-type, last-event-id";
 
@@ -68,12 +53,6 @@ struct Credentials {
     password: String,
 }
 
-/// An admin call that names a user.
-#[derive(Deserialize)]
-struct Named {
-    username: String,
-}
-
 /// Serves one request from `address` and logs it: client, method, path,
 /// status, milliseconds — never a body, token or password.
 pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> Served {
@@ -93,9 +72,12 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
 }
 
 async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str) -> Reply {
+    let wrong_method = || Err(Error::NotAllowed(format!("wrong method for {path}")));
     match (request.method(), path) {
         (&Method::OPTIONS, _) => Ok(respond(StatusCode::NO_CONTENT, Body::default(), PREFLIGHT)),
-        (&Method::GET | &Method::HEAD, "/") => health(state),
+        // Health: 200 while storage writes, 503 while it cannot.
+        (&Method::GET | &Method::HEAD, "/") if state.store.healthy() => ok(json!({"status": "ok"})),
+        (&Method::GET | &Method::HEAD, "/") => Err(Error::Unavailable("storage is down".into())),
         (&Method::POST, "/login") => login(state, address, request).await,
         (&Method::GET, "/sse") => stream(state, address, request).await,
         (&Method::POST, "/insert") => insert(state, address, request).await,
@@ -106,7 +88,10 @@ async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str)
         (&Method::POST, "/unrevoke_user") => set_revoked(state, address, request, false).await,
         (&Method::POST, "/get_user") => get_user(state, address, request).await,
         (&Method::POST, "/list_users") => list_users(state, address, request).await,
-        _ if PATHS.contains(&path) => Err(Error::NotAllowed(format!("not allowed on {path}"))),
+        // Every path that exists, so a wrong method is told 405, not 404.
+        (_, "/" | "/login" | "/sse" | "/insert" | "/verify") => wrong_method(),
+        (_, "/create_user" | "/update_user" | "/revoke_user") => wrong_method(),
+        (_, "/unrevoke_user" | "/get_user" | "/list_users") => wrong_method(),
         _ => Err(Error::NotFound(format!("no such path {path}"))),
     }
 }
@@ -178,12 +163,8 @@ fn fields<T: DeserializeOwned>(body: Value) -> Result<T, Error> {
     serde_json::from_value(body).map_err(|error| Error::Invalid(error.to_string()))
 }
 
-/// Reads an admin call: its admin_token is checked before any other field.
-async fn admin_call<T: DeserializeOwned>(
-    state: &State,
-    address: IpAddr,
-    request: HttpRequest,
-) -> Result<T, Error> {
+/// Reads an admin call's fields; its admin_token is checked before any other.
+async fn admin(state: &State, address: IpAddr, request: HttpRequest) -> Result<Changes, Error> {
     let body = json_body(state, request).await?;
     let token = body.get("admin_token").and_then(Value::as_str);
     let token = token.ok_or_else(|| Error::Invalid("admin_token must be a string".into()))?;
@@ -238,14 +219,6 @@ async fn hashed(state: &State, password: String) -> Result<String, Error> {
     state.auth.hash(password).await
 }
 
-/// `GET /`: 200 while storage writes, 503 while it heals.
-fn health(state: &State) -> Reply {
-    if !state.store.healthy() {
-        return Err(Error::Unavailable("storage cannot write; healing".into()));
-    }
-    ok(json!({"status": "ok"}))
-}
-
 async fn login(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let body: Credentials = fields(json_body(state, request).await?)?;
     let (name, password) = (&body.username, &body.password);
@@ -284,7 +257,7 @@ async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 }
 
 async fn create_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let mut user: Changes = admin_call(state, address, request).await?;
+    let mut user = admin(state, address, request).await?;
     check_username(&user.username)?;
     check_tenant(user.tenant_name.as_deref().unwrap_or_default())?;
     user.email = Some(check_email(user.email.flatten())?);
@@ -298,7 +271,7 @@ async fn create_user(state: &State, address: IpAddr, request: HttpRequest) -> Re
 /// Changes any of tenant_name, email, data and password; every field is
 /// checked before anything is written.
 async fn update_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let mut changes: Changes = admin_call(state, address, request).await?;
+    let mut changes = admin(state, address, request).await?;
     if let Some(tenant) = &changes.tenant_name {
         check_tenant(tenant)?;
     }
@@ -312,23 +285,21 @@ async fn update_user(state: &State, address: IpAddr, request: HttpRequest) -> Re
 }
 
 async fn set_revoked(state: &State, address: IpAddr, request: HttpRequest, revoked: bool) -> Reply {
-    let Named { username } = admin_call(state, address, request).await?;
-    let revoked = Some(revoked);
-    let changes = Changes {
-        username,
-        revoked,
-        ..Changes::default()
-    };
+    let username = admin(state, address, request).await?.username;
+    // Only `revoked` changes, whatever else the body holds.
+    let mut changes = Changes::default();
+    changes.username = username;
+    changes.revoked = Some(revoked);
     state.write(Write::Update(changes)).await
 }
 
 async fn get_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let Named { username } = admin_call(state, address, request).await?;
+    let username = admin(state, address, request).await?.username;
     let unknown = || Error::Invalid("unknown user".into());
     ok(state.store.user(&username)?.ok_or_else(unknown)?.public())
 }
 
 async fn list_users(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let IgnoredAny = admin_call(state, address, request).await?;
+    admin(state, address, request).await?;
     ok(state.store.users()?.iter().map(User::public).collect())
 }

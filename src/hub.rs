@@ -112,10 +112,8 @@ impl Hub {
     ) -> Option<Body> {
         let mut tenants = lock(&self.tenants);
         let subscribers = tenants.entry(tenant.to_string()).or_default();
-        let open = subscribers
-            .iter()
-            .filter(|other| other.username == username);
-        if open.filter(|other| !other.frames.is_closed()).count() >= self.limit {
+        let open = |other: &&Subscriber| other.username == username && !other.frames.is_closed();
+        if subscribers.iter().filter(open).count() >= self.limit {
             return None;
         }
         let (frames, receiver) = unbounded_channel();
@@ -126,9 +124,8 @@ impl Hub {
             Some(frame)
         });
         let all = tokio_stream::iter(backlog).chain(live);
-        let all = all
-            .map_while(|frame| frame)
-            .map(|frame| Ok(Frame::data(frame)));
+        let all = all.map_while(|frame| frame);
+        let body = StreamBody::new(all.map(|frame| Ok(Frame::data(frame))));
         let username = username.to_string();
         subscribers.push(Subscriber {
             username,
@@ -136,7 +133,7 @@ impl Hub {
             frames,
             queued,
         });
-        Some(StreamBody::new(all).boxed_unsync())
+        Some(body.boxed_unsync())
     }
 
     /// Hands one frame to every stream of the tenant; the `Bytes` is shared,

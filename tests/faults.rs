@@ -150,15 +150,22 @@ fn noise(length: usize, seed: u64) -> String {
 /// An insert that tolerates a broker that is restarting: status 0 then.
 fn insert_status(broker: &Client, jwt: &str, n: u64) -> (u16, Option<String>) {
     let auth = bearer(jwt);
-    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
     let body = json!({"event": "e", "data": {"n": n, "pad": noise(20_000, n)}});
     let reply = broker.try_request("POST", "/insert", &headers, body.to_string().as_bytes());
-    reply.map_or((0, None), |reply| (reply.status, reply.header("retry-after")))
+    reply.map_or((0, None), |reply| {
+        (reply.status, reply.header("retry-after"))
+    })
 }
 
 /// `GET /`, tolerating a broker that is restarting: status 0 then.
 fn health(broker: &Client) -> u16 {
-    broker.try_request("GET", "/", &[], b"").map_or(0, |reply| reply.status)
+    broker
+        .try_request("GET", "/", &[], b"")
+        .map_or(0, |reply| reply.status)
 }
 
 #[test]
@@ -210,7 +217,10 @@ fn a_full_disk_answers_503_and_heals_by_itself_without_losing_anything() {
     for n in &acknowledged {
         assert!(stored.contains(n), "acknowledged insert {n} is missing");
     }
-    assert!(broker.logged("storage: cannot write"), "the failure was logged");
+    assert!(
+        broker.logged("storage: cannot write"),
+        "the failure was logged"
+    );
 }
 
 #[test]
@@ -255,7 +265,8 @@ fn running_out_of_file_descriptors_heals_by_itself() {
     let jwt = broker.login("bob", "pw");
     // A keep-alive connection opened while descriptors are still free.
     let mut kept = broker.connect();
-    kept.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut kept_reader = std::io::BufReader::new(kept.try_clone().unwrap());
     // 300 clients that send half a body and stall: every descriptor is taken.
     let stalled: Vec<_> = (0..300)
@@ -285,7 +296,10 @@ fn running_out_of_file_descriptors_heals_by_itself() {
         }
     }
     eprintln!("inserts while out of descriptors: {statuses:?}");
-    assert!(statuses.iter().all(|status| [200, 503].contains(status)), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|status| [200, 503].contains(status)),
+        "{statuses:?}"
+    );
     assert!(statuses.contains(&503), "fjall never failed: {statuses:?}");
     // The stalled bodies time out (10 s) and free their descriptors; within
     // 10 s more, writes succeed again without a human.

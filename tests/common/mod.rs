@@ -85,7 +85,10 @@ pub fn collect_log(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>
 }
 
 /// As `collect_log`, appending to an existing log.
-pub fn collect_log_into(stderr: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) -> Receiver<u16> {
+pub fn collect_log_into(
+    stderr: impl Read + Send + 'static,
+    log: Arc<Mutex<Vec<String>>>,
+) -> Receiver<u16> {
     let (sender, port) = std::sync::mpsc::channel();
     let lines = log;
     std::thread::spawn(move || {
@@ -114,15 +117,23 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    pub fn start(db: &Path, args: &[&str], configure: impl Fn(&mut Command) + Send + 'static) -> Supervised {
+    pub fn start(
+        db: &Path,
+        args: &[&str],
+        configure: impl Fn(&mut Command) + Send + 'static,
+    ) -> Supervised {
         use std::sync::atomic::Ordering::SeqCst;
         let port = free_port();
         let log = Arc::new(Mutex::new(Vec::new()));
         let restarts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pid = Arc::new(std::sync::atomic::AtomicI32::new(0));
-        let (db, args): (PathBuf, Vec<String>) = (db.to_path_buf(), args.iter().map(|a| a.to_string()).collect());
-        let (thread_log, thread_restarts, thread_stop, thread_pid) = (log.clone(), restarts.clone(), stop.clone(), pid.clone());
+        let (db, args): (PathBuf, Vec<String>) = (
+            db.to_path_buf(),
+            args.iter().map(|a| a.to_string()).collect(),
+        );
+        let (thread_log, thread_restarts, thread_stop, thread_pid) =
+            (log.clone(), restarts.clone(), stop.clone(), pid.clone());
         std::thread::spawn(move || {
             loop {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -156,11 +167,21 @@ impl Supervised {
             assert!(std::time::Instant::now() < deadline, "broker did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Supervised { client, log, restarts, stop, pid }
+        Supervised {
+            client,
+            log,
+            restarts,
+            stop,
+            pid,
+        }
     }
 
     pub fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|line| line.contains(text))
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(text))
     }
 
     pub fn pid(&self) -> i32 {
@@ -337,10 +358,20 @@ impl Client {
 
     /// A request that tolerates a broker that is not there (restarting):
     /// `None` if it cannot connect.
-    pub fn try_request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Reply> {
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<Reply> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
-        stream.write_all(&request_bytes(method, path, headers, body)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .ok()?;
+        stream
+            .write_all(&request_bytes(method, path, headers, body))
+            .ok()?;
         let mut reader = BufReader::new(stream);
         let (status, head) = read_head(&mut reader);
         let mut body = Vec::new();
