@@ -6,7 +6,8 @@
 //! tenant move takes effect on the next request, mid-authentication ones
 //! included.
 
-use crate::{config::Config, error::Error, error::lock, store::Store, store::User};
+use crate::store::{Caller, Store, User};
+use crate::{config::Config, error::Error, error::lock};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
@@ -21,12 +22,6 @@ use tokio::sync::Semaphore;
 const TABLE_LIMIT: usize = 100_000;
 /// Most requests waiting for Argon2 before more are refused with 503.
 const ARGON_QUEUE: usize = 64;
-
-/// The user of an authenticated request and, for a JWT, when it expires.
-pub struct Caller {
-    pub user: User,
-    pub expires: Option<u64>,
-}
 
 /// A JWT's claims. `cred` binds a token Broker issued to the password it
 /// was issued under: a password change invalidates every earlier token.

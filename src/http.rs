@@ -1,9 +1,9 @@
 //! The one `service_fn`: routing by method and path, CORS, JSON bodies,
 //! error replies, the access log, and one function per endpoint.
 
-use crate::auth::{Auth, Caller};
+use crate::auth::Auth;
 use crate::hub::{self, Body};
-use crate::store::{Changes, Event, MAX_USERNAME, Store, User, Write};
+use crate::store::{Caller, Changes, Event, MAX_USERNAME, Store, User, Write};
 use crate::{config::Config, error::Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -35,7 +35,7 @@ const PREFLIGHT: Headers = &[
 
 /// Everything a request handler needs, shared by all connections.
 pub struct State {
-    pub config: Config,
+    pub flags: Config,
     pub store: Store,
     pub auth: Auth,
 }
@@ -60,7 +60,7 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let result = route(&state, address, request, &path).await;
     let mut response = result.unwrap_or_else(error_reply);
-    let origin = state.config.origin.clone();
+    let origin = state.flags.origin.clone();
     let headers = response.headers_mut();
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     let status = response.status().as_u16();
@@ -138,7 +138,7 @@ fn error_reply(error: Error) -> Response<Body> {
 
 /// Reads a JSON object body of at most `--max_body` bytes.
 async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Error> {
-    let limit = state.config.max_body;
+    let limit = state.flags.max_body;
     let too_large = || Error::TooLarge(format!("body over {limit} bytes"));
     // An honest Content-Length over the limit is refused before reading.
     if request.body().size_hint().lower() > limit as u64 {
@@ -246,13 +246,13 @@ async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 }
 
 async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let Caller { user, expires } = caller(state, address, &request).await?;
+    let caller = caller(state, address, &request).await?;
     let last_event_id = request.headers().get("last-event-id").map(|value| {
         let id = value.to_str().ok().and_then(|id| id.trim().parse().ok());
         id.ok_or_else(|| Error::Invalid("Last-Event-ID must be a number".into()))
     });
     let after = last_event_id.transpose()?;
-    let body = state.store.subscribe(&user, expires, after)?;
+    let body = state.store.subscribe(&caller, after)?;
     Ok(respond(StatusCode::OK, body, hub::HEADERS))
 }
 

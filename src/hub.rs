@@ -54,13 +54,6 @@ pub fn frame(id: u64, name: &str, data: &Value) -> Bytes {
     Bytes::from(frame)
 }
 
-/// The event name of a frame made by `frame`.
-pub fn event_name(frame: &[u8]) -> &[u8] {
-    let mut lines = frame.split(|byte| *byte == b'\n');
-    let line = lines.nth(1).unwrap_or_default();
-    line.strip_prefix(b"event:").unwrap_or_default()
-}
-
 /// Cheap handle to the subscriber lists, cloned wherever streams are opened
 /// or events published.
 #[derive(Clone)]

@@ -57,23 +57,19 @@ async fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn run(config: config::Config) -> Result<(), String> {
-    clock::start(&config.ntp_servers, config.ntp_interval);
-    let hub = hub::Hub::new(config.max_streams);
-    let store = store::Store::open(&config.db, config.history, hub.clone())?;
-    let tls = tls::acceptor(&config).await?;
-    let listener = TcpListener::bind(("0.0.0.0", config.port)).await;
+async fn run(flags: config::Config) -> Result<(), String> {
+    clock::start(&flags.ntp_servers, flags.ntp_interval);
+    let hub = hub::Hub::new(flags.max_streams);
+    let store = store::Store::open(&flags.db, flags.history, hub.clone())?;
+    let tls = tls::acceptor(&flags).await?;
+    let listener = TcpListener::bind(("0.0.0.0", flags.port)).await;
     let listener = listener.map_err(|error| format!("cannot listen: {error}"))?;
-    tokio::spawn(hub.clone().maintain(config.keep_alive));
+    tokio::spawn(hub.clone().maintain(flags.keep_alive));
     let scheme = if tls.is_some() { "https" } else { "http" };
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     eprintln!("broker: serving {scheme} on port {}", address.port());
-    let auth = auth::Auth::new(&config, store.clone())?;
-    let state = Arc::new(State {
-        config,
-        store: store.clone(),
-        auth,
-    });
+    let auth = auth::Auth::new(&flags, store.clone())?;
+    let state = Arc::new(State { flags, store, auth });
     let graceful = GracefulShutdown::new();
     // SIGTERM (systemd) or SIGINT (Ctrl-C) starts a graceful shutdown.
     let signal = |kind| signal(kind).map_err(|error| format!("cannot catch signals: {error}"));
@@ -103,7 +99,7 @@ async fn run(config: config::Config) -> Result<(), String> {
     if timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         eprintln!("broker: gave up waiting for open connections");
     }
-    store.close()
+    state.store.close()
 }
 
 /// One client connection: the TLS handshake if any, then HTTP/1.1 until the
@@ -122,8 +118,7 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
             _ => return,
         },
     };
-    let address = peer.ip();
-    let service = service_fn(move |request| http::serve(state.clone(), address, request));
+    let service = service_fn(move |request| http::serve(state.clone(), peer.ip(), request));
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new());
     builder.header_read_timeout(HEADER_TIMEOUT);

@@ -2,8 +2,12 @@
 //! keyspaces serves every tenant, so 10 000 tenants cost no more files,
 //! memtables or shutdown time than one:
 //! - `users`: username → the user record as JSON;
-//! - `events`: tenant `/` id (u64 big-endian) → the SSE frame, ready to send;
-//! - `latest`: tenant `/` event name → id of the newest event of that name;
+//! - `events`: tenant `/` id (u64 big-endian) → the SSE frame, ready to
+//!   send: the log replayed to a reconnecting client, its newest
+//!   `--history` events;
+//! - `latest`: tenant `/` id → the frame, for the newest event of each name:
+//!   the sync on connect, in id order by a plain scan;
+//! - `names`: tenant `/` event name → the id of its newest event;
 //! - `meta`: `heartbeat`, rewritten every second to prove storage writes.
 //!
 //! Tenant names cannot contain `/`, so no tenant's keys run into another's.
@@ -18,7 +22,7 @@
 use crate::error::{Error, lock};
 use crate::hub::{self, Body, Hub};
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -78,6 +82,12 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     T::deserialize(field).map(Some)
 }
 
+/// The user of an authenticated request and, for a JWT, when it expires.
+pub struct Caller {
+    pub user: User,
+    pub expires: Option<u64>,
+}
+
 /// An event as inserted: `tenant` is always the inserting user's.
 #[derive(Serialize, Deserialize)]
 pub struct Event {
@@ -105,6 +115,7 @@ struct Shared {
     users: Keyspace,
     events: Keyspace,
     latest: Keyspace,
+    names: Keyspace,
     meta: Keyspace,
     /// tenant → id of its newest event, as far as known. Held by every write
     /// from reading to publishing, so writes apply one at a time and streams
@@ -133,6 +144,7 @@ impl Store {
             users: keyspace("users")?,
             events: keyspace("events")?,
             latest: keyspace("latest")?,
+            names: keyspace("names")?,
             meta: keyspace("meta")?,
             db: db.clone(),
             writing: Mutex::default(),
@@ -209,13 +221,21 @@ impl Store {
             Write::Insert(event) => {
                 let tenant = &event.tenant;
                 let id = self.last_id(&writing, tenant)? + 1;
+                let key_of = |id: u64| key(tenant, &id.to_be_bytes());
                 let frame = hub::frame(id, &event.event, &event.data);
-                for expired in self.expired(&event, id)? {
-                    batch.remove(&shared.events, key(tenant, &expired.to_be_bytes()));
+                let name = key(tenant, event.event.as_bytes());
+                // The event this one supersedes leaves the latest set.
+                if let Some(previous) = shared.names.get(&name)? {
+                    batch.remove(&shared.latest, key(tenant, &previous));
                 }
-                batch.insert(&shared.events, key(tenant, &id.to_be_bytes()), &*frame);
-                let latest = key(tenant, event.event.as_bytes());
-                batch.insert(&shared.latest, latest, id.to_be_bytes());
+                batch.insert(&shared.names, name, id.to_be_bytes());
+                batch.insert(&shared.latest, key_of(id), &*frame);
+                batch.insert(&shared.events, key_of(id), &*frame);
+                // The event that falls out of the newest `--history` leaves
+                // the log, so disk use stays bounded whatever the inserts.
+                if shared.history > 0 && id > shared.history {
+                    batch.remove(&shared.events, key_of(id - shared.history));
+                }
                 batch.commit()?;
                 writing.insert(tenant.clone(), id);
                 shared.hub.publish(tenant, frame);
@@ -260,74 +280,34 @@ impl Store {
         Ok(last.unwrap_or(0))
     }
 
-    /// The id of the latest event of a name in a tenant.
-    fn latest_id(&self, tenant: &str, name: &[u8]) -> Result<Option<u64>, Error> {
-        let id = self.0.latest.get(key(tenant, name))?;
-        Ok(id.and_then(|id| id_of(&id)))
-    }
-
-    fn frame(&self, tenant: &str, id: u64) -> Option<Bytes> {
-        let frame = self.0.events.get(key(tenant, &id.to_be_bytes())).ok()??;
-        Some(Bytes::copy_from_slice(&frame))
-    }
-
-    /// The events that leave a tenant's history as event `id` arrives: the
-    /// one that falls out of the newest `--history`, unless it is the latest
-    /// of its name, and the latest of this event's name, if it was kept only
-    /// for being the latest. So disk use stays bounded by the history and
-    /// the number of names, and the sync stays complete.
-    fn expired(&self, event: &Event, id: u64) -> Result<Vec<u64>, Error> {
-        let history = self.0.history;
-        let Some(leaving) = id.checked_sub(history).filter(|_| history > 0) else {
-            return Ok(Vec::new());
-        };
-        let superseded = self.latest_id(&event.tenant, event.event.as_bytes())?;
-        let superseded = superseded.filter(|old| *old <= leaving);
-        let mut expired: Vec<u64> = superseded.into_iter().collect();
-        if let Some(frame) = self.frame(&event.tenant, leaving) {
-            let latest = self.latest_id(&event.tenant, hub::event_name(&frame))?;
-            expired.extend(Some(leaving).filter(|leaving| latest != Some(*leaving)));
-        }
-        Ok(expired)
-    }
-
-    /// Opens a stream for `user`. It starts with every event after `after`
-    /// (a reconnect's replay) when those are all still kept, else, as on a
-    /// fresh connect, with the latest event of each name (the sync); then
-    /// live events. Writes wait meanwhile, so nothing falls between the
-    /// backlog and the live events, or arrives twice.
-    pub fn subscribe(
-        &self,
-        user: &User,
-        expires: Option<u64>,
-        after: Option<u64>,
-    ) -> Result<Body, Error> {
-        let tenant = user.tenant_name.clone();
+    /// Opens a stream for the caller. It starts with every event after
+    /// `after` (a reconnect's replay) when those are all still kept, else,
+    /// as on a fresh connect, with the latest event of each name (the sync);
+    /// then live events. Writes wait meanwhile and the backlog is read from
+    /// a snapshot, so nothing falls between the two or arrives twice.
+    pub fn subscribe(&self, caller: &Caller, after: Option<u64>) -> Result<Body, Error> {
+        let (user, tenant) = (&caller.user, &caller.user.tenant_name);
         let writing = lock(&self.0.writing);
-        let upto = self.last_id(&writing, &tenant)?;
+        let upto = self.last_id(&writing, tenant)?;
         // Opened only if the user is still as authenticated: a credential
         // change waits for `writing`, and then ends the stream.
         if self.user(&user.username)?.as_ref() != Some(user) {
             return Err(Error::Unauthorized("credentials changed".into()));
         }
         let history = self.0.history;
-        let kept = |after: &u64| history == 0 || after + history >= upto;
-        let ids: Box<dyn Iterator<Item = u64> + Send> = match after.filter(kept) {
-            Some(after) => Box::new(after.min(upto) + 1..=upto),
-            None => {
-                let latest = self.0.latest.prefix(key(&tenant, b""));
-                let latest = latest.map(|entry| entry.value().ok().and_then(|id| id_of(&id)));
-                let mut ids: Vec<u64> = latest.flatten().collect();
-                ids.sort_unstable();
-                Box::new(ids.into_iter())
+        // A consistent view as of now: later events arrive live.
+        let snapshot = self.0.db.snapshot();
+        let backlog = match after.filter(|after| history == 0 || after + history >= upto) {
+            Some(after) => {
+                let first = key(tenant, &(after.min(upto) + 1).to_be_bytes());
+                snapshot.range(&self.0.events, first..=key(tenant, &[0xff; 8]))
             }
+            None => snapshot.prefix(&self.0.latest, key(tenant, b"")),
         };
         // Frames are read as the stream is written, one at a time.
-        let store = self.clone();
-        let reader = tenant.clone();
-        let backlog = Box::new(ids.map(move |id| store.frame(&reader, id)));
+        let backlog = backlog.map(|entry| Some(Bytes::copy_from_slice(&entry.value().ok()?)));
         let hub = &self.0.hub;
-        let body = hub.subscribe(&tenant, &user.username, expires, backlog);
+        let body = hub.subscribe(tenant, &user.username, caller.expires, Box::new(backlog));
         let reason = "too many open streams for this user";
         body.ok_or_else(|| Error::TooMany(reason.into(), 10))
     }
