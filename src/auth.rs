@@ -15,10 +15,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as BASE64URL};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
-use std::{collections::HashMap, net::IpAddr, sync::Mutex};
+use std::{collections::HashMap, net::IpAddr, num::NonZeroU64, sync::Mutex};
 use tokio::sync::Semaphore;
 
-/// Most entries in each in-memory table; past it the table starts over.
+/// Most client addresses remembered per minute, so that an attacker with
+/// many addresses cannot grow the table without bound.
 const TABLE_LIMIT: usize = 100_000;
 /// Most requests waiting for Argon2 before more are refused with 503.
 const ARGON_QUEUE: usize = 64;
@@ -39,7 +40,7 @@ struct Claims {
 pub struct Auth {
     store: Store,
     jwt_secret: String,
-    jwt_expiry: u64,
+    jwt_expiry: NonZeroU64,
     admin_token: String,
     /// Failed password or admin_token checks allowed per address and minute.
     login_limit: u64,
@@ -100,7 +101,7 @@ impl Auth {
         let claims = json!(Claims {
             sub: user.username.clone(),
             iat,
-            exp: iat + self.jwt_expiry,
+            exp: iat + self.jwt_expiry.get(),
             iss: "Broker".into(),
             cred: Some(self.credential(user)),
         });
@@ -179,11 +180,8 @@ impl Auth {
         let user = self.store.user(name)?;
         let user = user.filter(|user| user.password == stored);
         let user = allowed(user.ok_or_else(wrong)?)?;
-        let mut verified = lock(&self.verified);
-        if verified.len() >= TABLE_LIMIT {
-            verified.clear();
-        }
-        verified.insert(name.to_string(), digest);
+        // Only users that exist get here: the cache is bounded by them.
+        lock(&self.verified).insert(name.to_string(), digest);
         Ok(user)
     }
 
@@ -198,7 +196,7 @@ impl Auth {
     fn limit(&self, address: IpAddr, failed: u64) -> Result<(), Error> {
         let now = crate::clock::now_ms() / 1000;
         let mut table = lock(&self.failures);
-        if table.0 != now / 60 {
+        if table.0 != now / 60 || table.1.len() >= TABLE_LIMIT {
             *table = (now / 60, HashMap::new());
         }
         let count = table.1.entry(address).or_default();

@@ -7,7 +7,6 @@ use crate::store::{Caller, Changes, Event, MAX_USERNAME, Store, User, Write};
 use crate::{config::Config, error::Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Body as _;
 use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
@@ -140,10 +139,6 @@ fn error_reply(error: Error) -> Response<Body> {
 async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Error> {
     let limit = state.flags.max_body;
     let too_large = || Error::TooLarge(format!("body over {limit} bytes"));
-    // An honest Content-Length over the limit is refused before reading.
-    if request.body().size_hint().lower() > limit as u64 {
-        return Err(too_large());
-    }
     let reading = Limited::new(request.into_body(), limit).collect();
     let slow = |_| Error::TooSlow("the request body did not arrive in time".into());
     let read = tokio::time::timeout(BODY_TIMEOUT, reading).await;

@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(flags: config::Config) -> Result<(), String> {
-    clock::start(&flags.ntp_servers, flags.ntp_interval);
+    clock::start(&flags.ntp_servers, flags.ntp_interval.get());
     let hub = hub::Hub::new(flags.max_streams);
     let store = store::Store::open(&flags.db, flags.history, hub.clone())?;
     let tls = tls::acceptor(&flags).await?;
