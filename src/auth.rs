@@ -15,7 +15,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as BASE64URL};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
-use std::{collections::HashMap, net::IpAddr, num::NonZeroU64, sync::Mutex};
+use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 use tokio::sync::Semaphore;
 
 /// Most client addresses remembered per minute, so that an attacker with
@@ -39,11 +39,9 @@ struct Claims {
 /// Everything needed to authenticate a request; shared by all connections.
 pub struct Auth {
     store: Store,
-    jwt_secret: String,
-    jwt_expiry: NonZeroU64,
-    admin_token: String,
-    /// Failed password or admin_token checks allowed per address and minute.
-    login_limit: u64,
+    /// jwt_secret, jwt_expiry, admin_token and login_limit (failed password
+    /// or admin_token checks allowed per client address and minute).
+    config: Config,
     /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
     argon_running: Semaphore,
@@ -63,15 +61,12 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn new(config: &Config, store: Store) -> Result<Auth, String> {
+    pub fn new(config: Config, store: Store) -> Result<Auth, String> {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
         let decoy = hash(&random()).map_err(|_| "cannot compute Argon2 hashes")?;
         Ok(Auth {
             store,
-            jwt_secret: config.jwt_secret.clone(),
-            jwt_expiry: config.jwt_expiry,
-            admin_token: config.admin_token.clone(),
-            login_limit: config.login_limit,
+            config,
             argon_running: Semaphore::new(cores),
             argon_queue: Semaphore::new(ARGON_QUEUE),
             cache_key: random(),
@@ -86,7 +81,7 @@ impl Auth {
     /// wrong token counts as a failed check of the client's address.
     pub fn check_admin(&self, address: IpAddr, token: &str) -> Result<(), Error> {
         self.limit(address, 0)?;
-        let expected = hmac(&self.cache_key, &self.admin_token).finalize();
+        let expected = hmac(&self.cache_key, &self.config.admin_token).finalize();
         let given = hmac(&self.cache_key, token);
         if given.verify(&expected.into_bytes()).is_err() {
             let _ = self.limit(address, 1);
@@ -101,14 +96,14 @@ impl Auth {
         let claims = json!(Claims {
             sub: user.username.clone(),
             iat,
-            exp: iat + self.jwt_expiry.get(),
+            exp: iat + self.config.jwt_expiry.get(),
             iss: "Broker".into(),
             cred: Some(self.credential(user)),
         });
         let header = BASE64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let signed = format!("{header}.{}", BASE64URL.encode(claims.to_string()));
-        let signature = hmac(&self.jwt_secret, &signed).finalize().into_bytes();
-        format!("{signed}.{}", BASE64URL.encode(signature))
+        let signature = hmac(&self.config.jwt_secret, &signed).finalize();
+        format!("{signed}.{}", BASE64URL.encode(signature.into_bytes()))
     }
 
     /// The user of a valid token. Only HS256 is accepted, the signature is
@@ -119,7 +114,7 @@ impl Auth {
         let (header, claims) = signed.split_once('.').ok_or_else(invalid)?;
         let header: Value = decode_json(header).ok_or_else(invalid)?;
         let signature = BASE64URL.decode(signature).map_err(|_| invalid())?;
-        let mac = hmac(&self.jwt_secret, signed);
+        let mac = hmac(&self.config.jwt_secret, signed);
         if header["alg"] != "HS256" || mac.verify_slice(&signature).is_err() {
             return Err(invalid());
         }
@@ -201,7 +196,7 @@ impl Auth {
         }
         let count = table.1.entry(address).or_default();
         *count += failed;
-        if *count < self.login_limit {
+        if *count < self.config.login_limit {
             return Ok(());
         }
         let reason = "too many failed password checks; try again later";
@@ -211,7 +206,7 @@ impl Auth {
     /// A fingerprint of the user's password hash, for the `cred` claim. The
     /// hash holds a fresh salt, so every password change yields a new one.
     fn credential(&self, user: &User) -> String {
-        let fingerprint = hmac(&self.jwt_secret, &user.password).finalize();
+        let fingerprint = hmac(&self.config.jwt_secret, &user.password).finalize();
         BASE64URL.encode(&fingerprint.into_bytes()[..12])
     }
 

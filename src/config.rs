@@ -12,6 +12,7 @@ use std::{collections::HashMap, num::NonZeroU64};
 macro_rules! flags {
     ($($name:ident: $type:ty = $default:expr, $help:expr;)*) => {
         /// The broker's settings, parsed and checked once at start-up.
+        #[derive(Clone)]
         pub struct Config { $(pub $name: $type,)* }
 
         /// Every flag's name, default and help, in `--help` order.

@@ -3,7 +3,7 @@
 
 use crate::auth::Auth;
 use crate::hub::{self, Body};
-use crate::store::{Caller, Changes, Event, MAX_USERNAME, Store, User, Write};
+use crate::store::{Caller, Changes, Event, MAX_USERNAME, Store, User};
 use crate::{config::Config, error::Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -37,13 +37,6 @@ pub struct State {
     pub flags: Config,
     pub store: Store,
     pub auth: Auth,
-}
-
-impl State {
-    /// Applies a write and answers with its result.
-    async fn write(&self, write: Write) -> Reply {
-        ok(self.store.apply(write)?)
-    }
 }
 
 #[derive(Deserialize)]
@@ -149,7 +142,6 @@ async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Error> 
     };
     let body = serde_json::from_slice::<Value>(&bytes);
     let body = body.map_err(|error| Error::Invalid(format!("invalid JSON: {error}")))?;
-    check(body.is_object(), "body must be a JSON object")?;
     Ok(body)
 }
 
@@ -237,7 +229,7 @@ async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let printable = name.iter().all(|byte| (b' '..=b'~').contains(byte));
     let valid = (1..=256).contains(&name.len()) && printable;
     check(valid, "event must be 1-256 printable ASCII characters")?;
-    state.write(Write::Insert(Event { tenant, ..event })).await
+    ok(state.store.insert(Event { tenant, ..event })?)
 }
 
 async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
@@ -259,8 +251,7 @@ async fn create_user(state: &State, address: IpAddr, request: HttpRequest) -> Re
     let missing = || Error::Invalid("missing field `password`".into());
     let password = user.password.ok_or_else(missing)?;
     user.password = Some(hashed(state, password).await?);
-    user.id = Some(uuid::Uuid::new_v4().to_string());
-    state.write(Write::Create(user)).await
+    ok(state.store.write_user(user, true)?)
 }
 
 /// Changes any of tenant_name, email, data and password; every field is
@@ -276,7 +267,7 @@ async fn update_user(state: &State, address: IpAddr, request: HttpRequest) -> Re
     if let Some(password) = changes.password {
         changes.password = Some(hashed(state, password).await?);
     }
-    state.write(Write::Update(changes)).await
+    ok(state.store.write_user(changes, false)?)
 }
 
 async fn set_revoked(state: &State, address: IpAddr, request: HttpRequest, revoked: bool) -> Reply {
@@ -285,7 +276,7 @@ async fn set_revoked(state: &State, address: IpAddr, request: HttpRequest, revok
     let mut changes = Changes::default();
     changes.username = username;
     changes.revoked = Some(revoked);
-    state.write(Write::Update(changes)).await
+    ok(state.store.write_user(changes, false)?)
 }
 
 async fn get_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {

@@ -57,10 +57,8 @@ impl User {
 
 /// The fields of an admin call: a user to create, or changes to one (a
 /// field left out stays as it is).
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct Changes {
-    #[serde(skip_deserializing)]
-    pub id: Option<String>,
     #[serde(default)]
     pub username: String,
     pub tenant_name: Option<String>,
@@ -71,7 +69,8 @@ pub struct Changes {
     pub email: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub data: Option<Value>,
-    #[serde(skip_deserializing)]
+    /// Set by the revocation calls alone.
+    #[serde(skip)]
     pub revoked: Option<bool>,
 }
 
@@ -89,21 +88,13 @@ pub struct Caller {
 }
 
 /// An event as inserted: `tenant` is always the inserting user's.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 pub struct Event {
-    #[serde(skip_deserializing)]
+    /// Never from the request body: the HTTP layer sets the caller's.
+    #[serde(skip)]
     pub tenant: String,
     pub event: String,
     pub data: Value,
-}
-
-/// Every change to stored state. In cluster mode each one is a message of
-/// the replicated log, applied in the same order on every node.
-#[derive(Serialize, Deserialize)]
-pub enum Write {
-    Create(Changes),
-    Update(Changes),
-    Insert(Event),
 }
 
 /// Cheap handle to the database, cloned into every request.
@@ -210,46 +201,52 @@ impl Store {
         Ok(users.filter_map(Result::ok).collect())
     }
 
-    /// Applies one write and returns what its client is told.
-    pub fn apply(&self, write: Write) -> Result<Value, Error> {
+    /// Appends an event to its tenant, publishes it to the tenant's streams
+    /// and returns its id. Writes wait for one another from id to
+    /// publication, so every stream sees ids in order.
+    pub fn insert(&self, event: Event) -> Result<Value, Error> {
         let shared = &self.0;
         let mut writing = lock(&shared.writing);
         let mut batch = shared.db.batch();
-        let (changes, create) = match write {
-            Write::Create(changes) => (changes, true),
-            Write::Update(changes) => (changes, false),
-            Write::Insert(event) => {
-                let tenant = &event.tenant;
-                let id = self.last_id(&writing, tenant)? + 1;
-                let key_of = |id: u64| key(tenant, &id.to_be_bytes());
-                let frame = hub::frame(id, &event.event, &event.data);
-                let name = key(tenant, event.event.as_bytes());
-                // The event this one supersedes leaves the latest set.
-                if let Some(previous) = shared.names.get(&name)? {
-                    batch.remove(&shared.latest, key(tenant, &previous));
-                }
-                batch.insert(&shared.names, name, id.to_be_bytes());
-                batch.insert(&shared.latest, key_of(id), &*frame);
-                batch.insert(&shared.events, key_of(id), &*frame);
-                // The event that falls out of the newest `--history` leaves
-                // the log, so disk use stays bounded whatever the inserts.
-                if shared.history > 0 && id > shared.history {
-                    batch.remove(&shared.events, key_of(id - shared.history));
-                }
-                batch.commit()?;
-                writing.insert(tenant.clone(), id);
-                shared.hub.publish(tenant, frame);
-                return Ok(json!({ "id": id }));
-            }
-        };
+        let tenant = &event.tenant;
+        let id = self.last_id(&writing, tenant)? + 1;
+        let key_of = |id: u64| key(tenant, &id.to_be_bytes());
+        let frame = hub::frame(id, &event.event, &event.data);
+        let name = key(tenant, event.event.as_bytes());
+        // The event this one supersedes leaves the latest set.
+        if let Some(previous) = shared.names.get(&name)? {
+            batch.remove(&shared.latest, key(tenant, &previous));
+        }
+        batch.insert(&shared.names, name, id.to_be_bytes());
+        batch.insert(&shared.latest, key_of(id), &*frame);
+        batch.insert(&shared.events, key_of(id), &*frame);
+        // The event that falls out of the newest `--history` leaves the log,
+        // so disk use stays bounded whatever the number of inserts.
+        if shared.history > 0 && id > shared.history {
+            batch.remove(&shared.events, key_of(id - shared.history));
+        }
+        batch.commit()?;
+        writing.insert(tenant.clone(), id);
+        shared.hub.publish(tenant, frame);
+        Ok(json!({ "id": id }))
+    }
+
+    /// Creates a user (a taken name is refused), or changes one (an unknown
+    /// name is refused), and returns its id.
+    pub fn write_user(&self, changes: Changes, create: bool) -> Result<Value, Error> {
+        let shared = &self.0;
+        let _writing = lock(&shared.writing);
+        let mut batch = shared.db.batch();
         let old = self.user(&changes.username)?;
         let mut user = match (old.clone(), create) {
-            (None, true) => User::default(),
+            (None, true) => User {
+                id: uuid::Uuid::new_v4().to_string(),
+                ..User::default()
+            },
             (Some(user), false) => user,
             (Some(_), true) => return Err(Error::Invalid("username already exists".into())),
             (None, false) => return Err(Error::Invalid("unknown user".into())),
         };
-        user.id = changes.id.unwrap_or(user.id);
         user.username = changes.username;
         user.tenant_name = changes.tenant_name.unwrap_or(user.tenant_name);
         user.password = changes.password.unwrap_or(user.password);
