@@ -19,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::timeout;
-use tokio_io_timeout::TimeoutWriter;
 use tokio_rustls::TlsAcceptor;
 
 /// A client's byte stream, plain TCP or TLS over it.
@@ -81,17 +80,14 @@ async fn run(flags: config::Config) -> Result<(), String> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
-        match accepted {
-            Ok((tcp, _)) => {
-                let drain = graceful.watcher();
-                tokio::spawn(connection(tcp, tls.clone(), state.clone(), drain));
-            }
-            Err(error) => {
-                // Typically out of file descriptors: wait rather than spin.
-                eprintln!("accept failed: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        let accepted = accepted.inspect_err(|error| eprintln!("accept failed: {error}"));
+        let Ok((tcp, _)) = accepted else {
+            // Typically out of file descriptors: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let drain = graceful.watcher();
+        tokio::spawn(connection(tcp, tls.clone(), state.clone(), drain));
     }
     eprintln!("broker: shutting down");
     drop(listener);
@@ -108,9 +104,7 @@ async fn run(flags: config::Config) -> Result<(), String> {
 async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, drain: Watcher) {
     let Ok(peer) = tcp.peer_addr() else { return };
     let _ = tcp.set_nodelay(true);
-    let mut tcp = TimeoutWriter::new(tcp);
-    tcp.set_timeout(Some(WRITE_TIMEOUT));
-    let tcp = Box::pin(tcp);
+    let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(WRITE_TIMEOUT));
     let io: Box<dyn Io> = match tls {
         None => Box::new(tcp),
         Some(tls) => match timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {

@@ -8,7 +8,9 @@
 //! - `latest`: tenant `/` id → the frame, for the newest event of each name:
 //!   the sync on connect, in id order by a plain scan;
 //! - `names`: tenant `/` event name → the id of its newest event;
-//! - `meta`: `heartbeat`, rewritten every second to prove storage writes.
+//!
+//! `names` also holds `/heartbeat` (no tenant name is empty, so no tenant's
+//! key starts with `/`), rewritten every second to prove storage writes.
 //!
 //! Tenant names cannot contain `/`, so no tenant's keys run into another's.
 //!
@@ -107,7 +109,6 @@ struct Shared {
     events: Keyspace,
     latest: Keyspace,
     names: Keyspace,
-    meta: Keyspace,
     /// tenant → id of its newest event, as far as known. Held by every write
     /// from reading to publishing, so writes apply one at a time and streams
     /// see ids in order (fjall's journal serializes writes anyway).
@@ -136,7 +137,6 @@ impl Store {
             events: keyspace("events")?,
             latest: keyspace("latest")?,
             names: keyspace("names")?,
-            meta: keyspace("meta")?,
             db: db.clone(),
             writing: Mutex::default(),
             history,
@@ -158,7 +158,7 @@ impl Store {
         loop {
             std::thread::sleep(Duration::from_secs(1));
             let now = crate::clock::now_ms().to_be_bytes();
-            let beat = self.0.meta.insert("heartbeat", now);
+            let beat = self.0.names.insert("/heartbeat", now);
             let beat = beat.and_then(|()| self.0.db.persist(PersistMode::SyncAll));
             let Err(error) = beat else { continue };
             if self.0.healthy.swap(false, Relaxed) {
