@@ -8,7 +8,7 @@ use crate::{config::Config, error::Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, AUTHORIZATION, HeaderValue, RETRY_AFTER};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, http::response::Builder};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -89,13 +89,10 @@ async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str)
 }
 
 fn respond(status: StatusCode, body: Body, headers: Headers) -> Response<Body> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    for (name, value) in headers {
-        let value = HeaderValue::from_static(value);
-        response.headers_mut().insert(*name, value);
-    }
-    response
+    let builder = Response::builder().status(status);
+    let add = |builder: Builder, (name, value): &(&str, &str)| builder.header(*name, *value);
+    let builder = headers.iter().fold(builder, add);
+    builder.body(body).expect("static headers are valid")
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Body> {
