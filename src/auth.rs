@@ -13,7 +13,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as BASE64URL};
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 use tokio::sync::Semaphore;
@@ -23,18 +23,6 @@ use tokio::sync::Semaphore;
 const TABLE_LIMIT: usize = 100_000;
 /// Most requests waiting for Argon2 before more are refused with 503.
 const ARGON_QUEUE: usize = 64;
-
-/// A JWT's claims. `cred` binds a token Broker issued to the password it
-/// was issued under: a password change invalidates every earlier token.
-/// Tokens minted elsewhere with the secret may leave it out.
-#[derive(Serialize, Deserialize)]
-struct Claims {
-    sub: String,
-    iat: u64,
-    exp: u64,
-    iss: String,
-    cred: Option<String>,
-}
 
 /// Everything needed to authenticate a request; shared by all connections.
 pub struct Auth {
@@ -93,13 +81,13 @@ impl Auth {
     /// A signed JWT for `user`, valid for `--jwt_expiry` seconds of NTP time.
     pub fn issue(&self, user: &User) -> String {
         let iat = crate::clock::now_ms() / 1000;
-        let claims = json!(Claims {
-            sub: user.username.clone(),
-            iat,
-            exp: iat + self.config.jwt_expiry.get(),
-            iss: "Broker".into(),
-            cred: Some(self.credential(user)),
-        });
+        let exp = iat + self.config.jwt_expiry.get();
+        // `cred` binds the token to the password it was issued under: a
+        // password change invalidates every earlier token. (Tokens minted
+        // elsewhere with the secret may leave it out.)
+        let cred = self.credential(user);
+        let claims =
+            json!({"sub": user.username, "iat": iat, "exp": exp, "iss": "Broker", "cred": cred});
         let header = BASE64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let signed = format!("{header}.{}", BASE64URL.encode(claims.to_string()));
         let signature = hmac(&self.config.jwt_secret, &signed).finalize();
@@ -118,17 +106,20 @@ impl Auth {
         if header["alg"] != "HS256" || mac.verify_slice(&signature).is_err() {
             return Err(invalid());
         }
-        let claims: Claims = decode_json(claims).ok_or_else(invalid)?;
-        if claims.exp <= crate::clock::now_ms() / 1000 {
+        let claims: Value = decode_json(claims).ok_or_else(invalid)?;
+        let expires = claims["exp"].as_u64().ok_or_else(invalid)?;
+        if expires <= crate::clock::now_ms() / 1000 {
             return Err(Error::Unauthorized("token expired".into()));
         }
-        let user = self.store.user(&claims.sub)?.ok_or_else(invalid)?;
-        let fingerprint = self.credential(&user);
-        let current = claims.cred.is_none_or(|cred| cred == fingerprint);
-        if claims.iss != "Broker" || !current {
+        let user = claims["sub"].as_str().map(|name| self.store.user(name));
+        let user = user.transpose()?.flatten().ok_or_else(invalid)?;
+        let cred = claims
+            .get("cred")
+            .map(|cred| *cred == self.credential(&user));
+        if claims["iss"] != "Broker" || cred == Some(false) {
             return Err(Error::Unauthorized("token no longer valid".into()));
         }
-        let (user, expires) = (allowed(user)?, Some(claims.exp));
+        let (user, expires) = (allowed(user)?, Some(expires));
         Ok(Caller { user, expires })
     }
 

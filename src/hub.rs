@@ -41,13 +41,12 @@ pub type Backlog = Box<dyn Iterator<Item = Option<Bytes>> + Send>;
 /// character of the JSON (only strings can hold one) becomes `\uXXXX`.
 pub fn frame(id: u64, name: &str, data: &Value) -> Bytes {
     let mut frame = format!("id:{id}\nevent:{name}\ndata:");
-    for character in data.to_string().chars() {
-        if character.is_ascii() {
-            frame.push(character);
+    // UTF-16 units, as the `\u` escapes of JSON want them (two for an emoji).
+    for unit in data.to_string().encode_utf16() {
+        if unit < 0x80 {
+            frame.push(char::from(unit as u8));
         } else {
-            for unit in character.encode_utf16(&mut [0; 2]) {
-                let _ = write!(frame, "\\u{unit:04x}");
-            }
+            let _ = write!(frame, "\\u{unit:04x}");
         }
     }
     frame.push_str("\n\n");
