@@ -13,6 +13,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as BASE64URL};
 use hmac::{Hmac, Mac};
+use hyper::header::{AUTHORIZATION, HeaderMap};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::{collections::HashMap, net::IpAddr, sync::Mutex};
@@ -123,11 +124,13 @@ impl Auth {
         Ok(Caller { user, expires })
     }
 
-    /// Authenticates an `Authorization: Bearer …` or `Basic …` header value
-    /// from the client at `peer`.
-    pub async fn authenticate(&self, peer: IpAddr, header: Option<&str>) -> Result<Caller, Error> {
+    /// Authenticates a request from the client at `peer` by its
+    /// `Authorization: Bearer …` or `Basic …` header.
+    pub async fn authenticate(&self, peer: IpAddr, headers: &HeaderMap) -> Result<Caller, Error> {
         let invalid = |reason: &str| Error::Unauthorized(reason.into());
+        let header = headers.get(AUTHORIZATION).map(|header| header.to_str());
         let header = header.ok_or_else(|| invalid("missing Authorization header"))?;
+        let header = header.map_err(|_| invalid("unreadable Authorization header"))?;
         let (scheme, credentials) = header.split_once(' ').unwrap_or((header, ""));
         let credentials = credentials.trim();
         if scheme.eq_ignore_ascii_case("bearer") {

@@ -64,7 +64,11 @@ impl Config {
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "--help" || arg == "-h" {
-                print_help();
+                println!("broker: a real-time backend in one binary\n\nFlags (or BROKER_<NAME>):");
+                for (name, default, help) in FLAGS {
+                    println!("  --{name:<16} {help} (default {default:?})");
+                }
+                std::process::exit(0);
             }
             let flag = arg.strip_prefix("--").or(arg.strip_prefix('-'));
             let flag = flag.ok_or(format!("unexpected argument {arg:?}"))?;
@@ -102,12 +106,4 @@ fn parse<T: FromStr>(name: &str, values: &HashMap<&str, String>) -> Result<T, St
     let value = values.get(name).map_or("", String::as_str);
     let parsed = value.parse();
     parsed.map_err(|_| format!("invalid value {value:?} for --{name}"))
-}
-
-fn print_help() -> ! {
-    println!("broker: a real-time backend in one binary\n\nFlags (or BROKER_<NAME> variables):");
-    for (name, default, help) in FLAGS {
-        println!("  --{name:<16} {help} (default {default:?})");
-    }
-    std::process::exit(0)
 }

@@ -3,11 +3,11 @@
 
 use crate::auth::Auth;
 use crate::hub::{self, Body};
-use crate::store::{Caller, Changes, Event, MAX_USERNAME, Store, User};
+use crate::store::{Changes, Event, MAX_USERNAME, Store, User};
 use crate::{config::Config, error::Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode, http::response::Builder};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -156,14 +156,6 @@ async fn admin(state: &State, address: IpAddr, request: HttpRequest) -> Result<C
     fields(body)
 }
 
-/// The authenticated user of a request, and when its JWT expires.
-async fn caller(state: &State, address: IpAddr, request: &HttpRequest) -> Result<Caller, Error> {
-    let header = request.headers().get(AUTHORIZATION);
-    let header = header.map(HeaderValue::to_str).transpose();
-    let header = header.map_err(|_| Error::Unauthorized("bad Authorization header".into()))?;
-    state.auth.authenticate(address, header).await
-}
-
 /// A 400 saying what the input must be, unless it is `valid`.
 fn check(valid: bool, rule: &str) -> Result<(), Error> {
     let invalid = || Error::Invalid(rule.into());
@@ -211,7 +203,8 @@ async fn login(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 }
 
 async fn verify(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let mut user = json!(caller(state, address, &request).await?.user);
+    let caller = state.auth.authenticate(address, request.headers()).await?;
+    let mut user = json!(caller.user);
     if let Value::Object(fields) = &mut user {
         fields.remove("password");
     }
@@ -219,7 +212,8 @@ async fn verify(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 }
 
 async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let tenant = caller(state, address, &request).await?.user.tenant_name;
+    let caller = state.auth.authenticate(address, request.headers()).await?;
+    let tenant = caller.user.tenant_name;
     let event: Event = fields(json_body(state, request).await?)?;
     // Printable ASCII keeps each frame pure ASCII with one line per field.
     let name = event.event.as_bytes();
@@ -230,7 +224,7 @@ async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 }
 
 async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let caller = caller(state, address, &request).await?;
+    let caller = state.auth.authenticate(address, request.headers()).await?;
     let last_event_id = request.headers().get("last-event-id").map(|value| {
         let id = value.to_str().ok().and_then(|id| id.trim().parse().ok());
         id.ok_or_else(|| Error::Invalid("Last-Event-ID must be a number".into()))

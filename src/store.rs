@@ -179,13 +179,6 @@ impl Store {
         self.0.healthy.load(Relaxed)
     }
 
-    /// At shutdown: syncs the journal to disk. The next start replays what
-    /// memtables held (4 MiB each at most): about a tenth of a second.
-    pub fn close(&self) -> Result<(), String> {
-        let synced = self.0.db.persist(PersistMode::SyncAll);
-        synced.map_err(|error| format!("cannot sync the database: {error}"))
-    }
-
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
         if username.len() > MAX_USERNAME {
             return Ok(None);
