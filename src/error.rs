@@ -1,6 +1,7 @@
 //! What can go wrong with a request, as plain values. Every module returns
 //! these; only the HTTP layer turns them into status codes and replies, so
-//! nothing below it knows that HTTP exists.
+//! nothing below it knows that HTTP exists. (What only HTTP can get wrong —
+//! an unknown path, an oversized or late body — it answers by itself.)
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -11,14 +12,6 @@ pub enum Error {
     Invalid(String),
     /// Missing or wrong credentials, or a revoked user.
     Unauthorized(String),
-    /// No such path.
-    NotFound(String),
-    /// A known path asked with the wrong method.
-    NotAllowed(String),
-    /// A request body over `--max_body`.
-    TooLarge(String),
-    /// A request body that did not arrive in time.
-    TooSlow(String),
     /// A limit was reached; the client may try again after this many seconds.
     TooMany(String, u64),
     /// Storage or the cluster cannot serve now; it heals by itself, so the

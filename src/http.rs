@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use std::{convert::Infallible, io::Write as _, net::IpAddr, sync::Arc, time::Duration};
 
 type HttpRequest = Request<hyper::body::Incoming>;
-type Reply = Result<Response<Body>, Error>;
+/// A response, or the refusal sent instead; `?` turns any `Error` into one.
+type Reply = Result<Response<Body>, Refusal>;
+type Refusal = Response<Body>;
 type Served = Result<Response<Body>, Infallible>;
 type Headers = &'static [(&'static str, &'static str)];
 
@@ -51,7 +53,7 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let result = route(&state, address, request, &path).await;
-    let mut response = result.unwrap_or_else(error_reply);
+    let mut response = result.unwrap_or_else(|refusal| refusal);
     let origin = state.flags.origin.clone();
     let headers = response.headers_mut();
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -64,12 +66,12 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
 }
 
 async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str) -> Reply {
-    let wrong_method = || Err(Error::NotAllowed(format!("wrong method for {path}")));
+    let wrong_method = || Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "wrong method"));
     match (request.method(), path) {
         (&Method::OPTIONS, _) => Ok(respond(StatusCode::NO_CONTENT, Body::default(), PREFLIGHT)),
         // Health: 200 while storage writes, 503 while it cannot.
         (&Method::GET | &Method::HEAD, "/") if state.store.healthy() => ok(json!({"status": "ok"})),
-        (&Method::GET | &Method::HEAD, "/") => Err(Error::Unavailable("storage is down".into())),
+        (&Method::GET | &Method::HEAD, "/") => Err(Error::Unavailable("no storage".into()).into()),
         (&Method::POST, "/login") => login(state, address, request).await,
         (&Method::GET, "/sse") => stream(state, address, request).await,
         (&Method::POST, "/insert") => insert(state, address, request).await,
@@ -84,7 +86,7 @@ async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str)
         (_, "/" | "/login" | "/sse" | "/insert" | "/verify") => wrong_method(),
         (_, "/create_user" | "/update_user" | "/revoke_user") => wrong_method(),
         (_, "/unrevoke_user" | "/get_user" | "/list_users") => wrong_method(),
-        _ => Err(Error::NotFound(format!("no such path {path}"))),
+        _ => Err(refuse(StatusCode::NOT_FOUND, "no such path")),
     }
 }
 
@@ -104,42 +106,45 @@ fn ok(body: Value) -> Reply {
     Ok(reply(StatusCode::OK, body))
 }
 
-/// The one place where an error becomes a status: `{"error": "<reason>"}`,
-/// with `Retry-After` where waiting helps.
-fn error_reply(error: Error) -> Response<Body> {
-    let (status, reason, retry_after) = match error {
-        Error::Invalid(reason) => (StatusCode::BAD_REQUEST, reason, None),
-        Error::Unauthorized(reason) => (StatusCode::UNAUTHORIZED, reason, None),
-        Error::NotFound(reason) => (StatusCode::NOT_FOUND, reason, None),
-        Error::NotAllowed(reason) => (StatusCode::METHOD_NOT_ALLOWED, reason, None),
-        Error::TooLarge(reason) => (StatusCode::PAYLOAD_TOO_LARGE, reason, None),
-        Error::TooSlow(reason) => (StatusCode::REQUEST_TIMEOUT, reason, None),
-        Error::TooMany(reason, seconds) => (StatusCode::TOO_MANY_REQUESTS, reason, Some(seconds)),
-        Error::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason, Some(1)),
-        Error::Internal(reason) => (StatusCode::INTERNAL_SERVER_ERROR, reason, None),
-    };
-    let mut response = reply(status, json!({ "error": reason }));
-    if let Some(seconds) = retry_after {
-        response.headers_mut().insert(RETRY_AFTER, seconds.into());
-    }
-    response
+/// A refusal: `{"error": "<reason>"}` with its status.
+fn refuse(status: StatusCode, reason: &str) -> Refusal {
+    reply(status, json!({ "error": reason }))
 }
 
-/// Reads a JSON object body of at most `--max_body` bytes.
-async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Error> {
+/// The one place where an error becomes a status, with `Retry-After` where
+/// waiting helps.
+impl From<Error> for Refusal {
+    fn from(error: Error) -> Refusal {
+        let (status, reason, retry_after) = match error {
+            Error::Invalid(reason) => (StatusCode::BAD_REQUEST, reason, None),
+            Error::Unauthorized(reason) => (StatusCode::UNAUTHORIZED, reason, None),
+            Error::TooMany(reason, wait) => (StatusCode::TOO_MANY_REQUESTS, reason, Some(wait)),
+            Error::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason, Some(1)),
+            Error::Internal(reason) => (StatusCode::INTERNAL_SERVER_ERROR, reason, None),
+        };
+        let mut response = refuse(status, &reason);
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(RETRY_AFTER, seconds.into());
+        }
+        response
+    }
+}
+
+/// Reads a JSON body of at most `--max_body` bytes, arriving within
+/// `BODY_TIMEOUT`.
+async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Refusal> {
     let limit = state.flags.max_body;
-    let too_large = || Error::TooLarge(format!("body over {limit} bytes"));
     let reading = Limited::new(request.into_body(), limit).collect();
-    let slow = |_| Error::TooSlow("the request body did not arrive in time".into());
     let read = tokio::time::timeout(BODY_TIMEOUT, reading).await;
+    let slow = |_| refuse(StatusCode::REQUEST_TIMEOUT, "body arrived too slowly");
+    let too_large = || refuse(StatusCode::PAYLOAD_TOO_LARGE, "body over --max_body");
     let bytes = match read.map_err(slow)? {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
-        Err(_) => return Err(Error::Invalid("could not read the request body".into())),
+        Err(_) => return Err(Error::Invalid("could not read the request body".into()).into()),
     };
-    let body = serde_json::from_slice::<Value>(&bytes);
-    let body = body.map_err(|error| Error::Invalid(format!("invalid JSON: {error}")))?;
-    Ok(body)
+    let body = serde_json::from_slice(&bytes);
+    Ok(body.map_err(|error| Error::Invalid(format!("invalid JSON: {error}")))?)
 }
 
 /// The body's fields as `T`: a missing or mistyped field is a 400 naming it.
@@ -148,12 +153,12 @@ fn fields<T: DeserializeOwned>(body: Value) -> Result<T, Error> {
 }
 
 /// Reads an admin call's fields; its admin_token is checked before any other.
-async fn admin(state: &State, address: IpAddr, request: HttpRequest) -> Result<Changes, Error> {
+async fn admin(state: &State, address: IpAddr, request: HttpRequest) -> Result<Changes, Refusal> {
     let body = json_body(state, request).await?;
     let token = body.get("admin_token").and_then(Value::as_str);
     let token = token.ok_or_else(|| Error::Invalid("admin_token must be a string".into()))?;
     state.auth.check_admin(address, token)?;
-    fields(body)
+    Ok(fields(body)?)
 }
 
 /// A 400 saying what the input must be, unless it is `valid`.
