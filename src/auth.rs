@@ -52,6 +52,8 @@ pub struct Auth {
 impl Auth {
     pub fn new(config: Config, store: Store) -> Result<Auth, String> {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        // 122 random bits from the OS source, through uuid's v4 generator.
+        let random = || uuid::Uuid::new_v4().to_string();
         let decoy = hash(&random()).map_err(|_| "cannot compute Argon2 hashes")?;
         Ok(Auth {
             store,
@@ -114,9 +116,8 @@ impl Auth {
         }
         let user = claims["sub"].as_str().map(|name| self.store.user(name));
         let user = user.transpose()?.flatten().ok_or_else(invalid)?;
-        let cred = claims
-            .get("cred")
-            .map(|cred| *cred == self.credential(&user));
+        let fingerprint = self.credential(&user);
+        let cred = claims.get("cred").map(|cred| *cred == fingerprint);
         if claims["iss"] != "Broker" || cred == Some(false) {
             return Err(Error::Unauthorized("token no longer valid".into()));
         }
@@ -183,18 +184,16 @@ impl Auth {
     /// refuses the address once it has failed `--login_limit` of them. The
     /// table starts over each minute, so it stays small.
     fn limit(&self, address: IpAddr, failed: u64) -> Result<(), Error> {
-        let now = crate::clock::now_ms() / 1000;
+        let minute = crate::clock::now_ms() / 60_000;
         let mut table = lock(&self.failures);
-        if table.0 != now / 60 || table.1.len() >= TABLE_LIMIT {
-            *table = (now / 60, HashMap::new());
+        if table.0 != minute || table.1.len() >= TABLE_LIMIT {
+            *table = (minute, HashMap::new());
         }
         let count = table.1.entry(address).or_default();
         *count += failed;
-        if *count < self.config.login_limit {
-            return Ok(());
-        }
-        let reason = "too many failed password checks; try again later";
-        Err(Error::TooMany(reason.into(), 60 - now % 60))
+        let allowed = *count < self.config.login_limit;
+        let refused = || Error::TooMany("too many failed password checks".into(), 60);
+        allowed.then_some(()).ok_or_else(refused)
     }
 
     /// A fingerprint of the user's password hash, for the `cred` claim. The
@@ -224,11 +223,6 @@ fn allowed(user: User) -> Result<User, Error> {
         return Err(Error::Unauthorized("user is revoked".into()));
     }
     Ok(user)
-}
-
-/// 256 bits from the OS random source, through uuid's v4 generator.
-fn random() -> String {
-    uuid::Uuid::new_v4().to_string() + &uuid::Uuid::new_v4().to_string()
 }
 
 fn hmac(key: &str, message: &str) -> Hmac<sha2::Sha256> {

@@ -7,7 +7,7 @@ use crate::store::{Changes, Event, MAX_USERNAME, Store, User};
 use crate::{config::Config, error::Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, RETRY_AFTER};
+use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode, http::response::Builder};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -230,11 +230,10 @@ async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 
 async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let caller = state.auth.authenticate(address, request.headers()).await?;
-    let last_event_id = request.headers().get("last-event-id").map(|value| {
-        let id = value.to_str().ok().and_then(|id| id.trim().parse().ok());
-        id.ok_or_else(|| Error::Invalid("Last-Event-ID must be a number".into()))
-    });
-    let after = last_event_id.transpose()?;
+    let number = |id: &HeaderValue| id.to_str().ok().and_then(|id| id.trim().parse().ok());
+    let invalid = || Error::Invalid("Last-Event-ID must be a number".into());
+    let after = request.headers().get("last-event-id").map(number);
+    let after = after.map(|id| id.ok_or_else(invalid)).transpose()?;
     let body = state.store.subscribe(&caller, after)?;
     Ok(respond(StatusCode::OK, body, hub::HEADERS))
 }
@@ -244,8 +243,8 @@ async fn create_user(state: &State, address: IpAddr, request: HttpRequest) -> Re
     check_username(&user.username)?;
     check_tenant(user.tenant_name.as_deref().unwrap_or_default())?;
     user.email = Some(check_email(user.email.flatten())?);
-    let missing = || Error::Invalid("missing field `password`".into());
-    let password = user.password.ok_or_else(missing)?;
+    // A missing password is refused as an empty one.
+    let password = user.password.unwrap_or_default();
     user.password = Some(hashed(state, password).await?);
     ok(state.store.write_user(user, true)?)
 }

@@ -2,7 +2,7 @@
 //! keep-alive comment, the response headers and body), and the fan-out that
 //! hands each inserted event to every open stream of its tenant.
 
-use crate::error::lock;
+use crate::error::{Error, lock};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
@@ -24,8 +24,6 @@ const PING: Bytes = Bytes::from_static(b":\n\n");
 pub const HEADERS: &[(&str, &str)] = &[
     ("content-type", "text/event-stream"),
     ("cache-control", "no-cache"),
-    // Tells nginx-style proxies not to buffer the stream.
-    ("x-accel-buffering", "no"),
 ];
 
 /// Every response body, a stream's included.
@@ -101,12 +99,13 @@ impl Hub {
         username: &str,
         expires: Option<u64>,
         backlog: Backlog,
-    ) -> Option<Body> {
+    ) -> Result<Body, Error> {
         let mut tenants = lock(&self.tenants);
         let subscribers = tenants.entry(tenant.to_string()).or_default();
         let open = |other: &&Subscriber| other.username == username && !other.frames.is_closed();
         if subscribers.iter().filter(open).count() >= self.limit {
-            return None;
+            let reason = "too many open streams for this user";
+            return Err(Error::TooMany(reason.into(), 10));
         }
         let (frames, receiver) = unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -125,7 +124,7 @@ impl Hub {
             frames,
             queued,
         });
-        Some(body.boxed_unsync())
+        Ok(body.boxed_unsync())
     }
 
     /// Hands one frame to every stream of the tenant; the `Bytes` is shared,

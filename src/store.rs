@@ -28,7 +28,6 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
 /// Longest username. Longer names cannot exist, and never reach fjall,
@@ -117,8 +116,6 @@ struct Shared {
     history: u64,
     /// Where inserted events go live.
     hub: Hub,
-    /// Whether the last heartbeat was written.
-    healthy: AtomicBool,
 }
 
 impl Store {
@@ -141,7 +138,6 @@ impl Store {
             writing: Mutex::default(),
             history,
             hub,
-            healthy: AtomicBool::new(true),
         }));
         let watched = store.clone();
         let path = path.to_path_buf();
@@ -155,15 +151,17 @@ impl Store {
     /// so (503); once a megabyte can be written beside the database again,
     /// it exits for systemd to restart it on a database that works.
     fn watch(self, path: &Path) {
+        let mut failing = false;
         loop {
             std::thread::sleep(Duration::from_secs(1));
             let now = crate::clock::now_ms().to_be_bytes();
             let beat = self.0.names.insert("/heartbeat", now);
             let beat = beat.and_then(|()| self.0.db.persist(PersistMode::SyncAll));
             let Err(error) = beat else { continue };
-            if self.0.healthy.swap(false, Relaxed) {
+            if !failing {
                 eprintln!("storage: cannot write ({error}); answering 503 until it can");
             }
+            failing = true;
             // Random bytes, which no filesystem compresses to nothing.
             let noise = (0..1 << 16).flat_map(|_| *uuid::Uuid::new_v4().as_bytes());
             if std::fs::write(path.join("probe"), noise.collect::<Vec<u8>>()).is_ok() {
@@ -174,9 +172,9 @@ impl Store {
         }
     }
 
-    /// Whether storage takes writes, as of the last heartbeat.
+    /// Whether storage takes writes: fjall refuses all once one failed.
     pub fn healthy(&self) -> bool {
-        self.0.healthy.load(Relaxed)
+        self.0.db.persist(PersistMode::Buffer).is_ok()
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
@@ -198,38 +196,36 @@ impl Store {
     /// and returns its id. Writes wait for one another from id to
     /// publication, so every stream sees ids in order.
     pub fn insert(&self, event: Event) -> Result<Value, Error> {
-        let shared = &self.0;
-        let mut writing = lock(&shared.writing);
-        let mut batch = shared.db.batch();
+        let mut writing = lock(&self.0.writing);
+        let mut batch = self.0.db.batch();
         let tenant = &event.tenant;
         let id = self.last_id(&writing, tenant)? + 1;
         let key_of = |id: u64| key(tenant, &id.to_be_bytes());
         let frame = hub::frame(id, &event.event, &event.data);
         let name = key(tenant, event.event.as_bytes());
         // The event this one supersedes leaves the latest set.
-        if let Some(previous) = shared.names.get(&name)? {
-            batch.remove(&shared.latest, key(tenant, &previous));
+        if let Some(previous) = self.0.names.get(&name)? {
+            batch.remove(&self.0.latest, key(tenant, &previous));
         }
-        batch.insert(&shared.names, name, id.to_be_bytes());
-        batch.insert(&shared.latest, key_of(id), &*frame);
-        batch.insert(&shared.events, key_of(id), &*frame);
+        batch.insert(&self.0.names, name, id.to_be_bytes());
+        batch.insert(&self.0.latest, key_of(id), &*frame);
+        batch.insert(&self.0.events, key_of(id), &*frame);
         // The event that falls out of the newest `--history` leaves the log,
         // so disk use stays bounded whatever the number of inserts.
-        if shared.history > 0 && id > shared.history {
-            batch.remove(&shared.events, key_of(id - shared.history));
+        if self.0.history > 0 && id > self.0.history {
+            batch.remove(&self.0.events, key_of(id - self.0.history));
         }
         batch.commit()?;
         writing.insert(tenant.clone(), id);
-        shared.hub.publish(tenant, frame);
+        self.0.hub.publish(tenant, frame);
         Ok(json!({ "id": id }))
     }
 
     /// Creates a user (a taken name is refused), or changes one (an unknown
     /// name is refused), and returns its id.
     pub fn write_user(&self, changes: Changes, create: bool) -> Result<Value, Error> {
-        let shared = &self.0;
-        let _writing = lock(&shared.writing);
-        let mut batch = shared.db.batch();
+        let _writing = lock(&self.0.writing);
+        let mut batch = self.0.db.batch();
         let old = self.user(&changes.username)?;
         let mut user = match (old.clone(), create) {
             (None, true) => User {
@@ -246,7 +242,7 @@ impl Store {
         user.email = changes.email.unwrap_or(user.email);
         user.data = changes.data.unwrap_or(user.data);
         user.revoked = changes.revoked.unwrap_or(user.revoked);
-        batch.insert(&shared.users, &user.username, json!(user).to_string());
+        batch.insert(&self.0.users, &user.username, json!(user).to_string());
         batch.commit()?;
         // The one place where a credential change reaches open streams: a
         // new password or tenant, or a revocation, ends them, and the client
@@ -254,7 +250,7 @@ impl Store {
         // to the password hash, and every request reads the user afresh.
         let credentials = |user: &User| (user.password.clone(), user.tenant_name.clone());
         if user.revoked || old.is_some_and(|old| credentials(&old) != credentials(&user)) {
-            shared.hub.disconnect(&user.username);
+            self.0.hub.disconnect(&user.username);
         }
         Ok(json!({ "id": user.id }))
     }
@@ -297,9 +293,7 @@ impl Store {
         // Frames are read as the stream is written, one at a time.
         let backlog = backlog.map(|entry| Some(Bytes::copy_from_slice(&entry.value().ok()?)));
         let hub = &self.0.hub;
-        let body = hub.subscribe(tenant, &user.username, caller.expires, Box::new(backlog));
-        let reason = "too many open streams for this user";
-        body.ok_or_else(|| Error::TooMany(reason.into(), 10))
+        hub.subscribe(tenant, &user.username, caller.expires, Box::new(backlog))
     }
 }
 
