@@ -36,11 +36,10 @@ pub struct Auth {
     argon_running: Semaphore,
     /// Bounds the requests waiting for `argon_running`.
     argon_queue: Semaphore,
-    /// Random per process: keys the digests in `verified` and the admin check.
-    cache_key: String,
-    /// username → keyed digest of a Basic password that matched the stored
-    /// hash, so repeated Basic requests skip Argon2. The digest covers the
-    /// hash too: after a password change an old entry can never match.
+    /// username → digest (an HMAC keyed by the JWT secret) of a Basic
+    /// password that matched the stored hash, so repeated Basic requests skip
+    /// Argon2. The digest covers the hash too: after a password change an old
+    /// entry can never match.
     verified: Mutex<HashMap<String, Vec<u8>>>,
     /// The current minute, and the failed checks of each client address in it.
     failures: Mutex<(u64, HashMap<IpAddr, u64>)>,
@@ -52,28 +51,27 @@ pub struct Auth {
 impl Auth {
     pub fn new(config: Config, store: Store) -> Result<Auth, String> {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-        // 122 random bits from the OS source, through uuid's v4 generator.
-        let random = || uuid::Uuid::new_v4().to_string();
-        let decoy = hash(&random()).map_err(|_| "cannot compute Argon2 hashes")?;
+        // The decoy's password: 122 random bits, through uuid's v4 generator.
+        let decoy = hash(&uuid::Uuid::new_v4().to_string());
+        let decoy = decoy.map_err(|_| "cannot compute Argon2 hashes")?;
         Ok(Auth {
             store,
             config,
             argon_running: Semaphore::new(cores),
             argon_queue: Semaphore::new(ARGON_QUEUE),
-            cache_key: random(),
             verified: Mutex::default(),
             failures: Mutex::default(),
             decoy,
         })
     }
 
-    /// Compares HMACs of both tokens under the random cache key, in
-    /// constant time, so timing reveals nothing about the real token. A
-    /// wrong token counts as a failed check of the client's address.
+    /// Compares HMACs of both tokens (keyed by the JWT secret) in constant
+    /// time, so timing reveals nothing about the real token. A wrong token
+    /// counts as a failed check of the client's address.
     pub fn check_admin(&self, address: IpAddr, token: &str) -> Result<(), Error> {
         self.limit(address, 0)?;
-        let expected = hmac(&self.cache_key, &self.config.admin_token).finalize();
-        let given = hmac(&self.cache_key, token);
+        let expected = hmac(&self.config.jwt_secret, &self.config.admin_token).finalize();
+        let given = hmac(&self.config.jwt_secret, token);
         if given.verify(&expected.into_bytes()).is_err() {
             let _ = self.limit(address, 1);
             return Err(Error::Unauthorized("wrong admin_token".into()));
@@ -158,7 +156,7 @@ impl Auth {
         let stored = stored.unwrap_or_else(|| self.decoy.clone());
         // Length-prefixed parts, so ("ab", "c") and ("a", "bc") differ.
         let message = [name, password, &stored].map(|part| format!("{}:{part}", part.len()));
-        let digest = hmac(&self.cache_key, &message.concat()).finalize();
+        let digest = hmac(&self.config.jwt_secret, &message.concat()).finalize();
         let digest = digest.into_bytes().to_vec();
         let cached = lock(&self.verified).get(name) == Some(&digest);
         let (given, hash) = (password.to_string(), stored.clone());
