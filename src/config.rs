@@ -64,7 +64,7 @@ impl Config {
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "--help" || arg == "-h" {
-                println!("broker: a real-time backend in one binary\n\nFlags (or BROKER_<NAME>):");
+                // Every flag can also be set as BROKER_<NAME>.
                 for (name, default, help) in FLAGS {
                     println!("  --{name:<16} {help} (default {default:?})");
                 }
@@ -103,7 +103,9 @@ impl Config {
 }
 
 fn parse<T: FromStr>(name: &str, values: &HashMap<&str, String>) -> Result<T, String> {
-    let value = values.get(name).map_or("", String::as_str);
-    let parsed = value.parse();
-    parsed.map_err(|_| format!("invalid value {value:?} for --{name}"))
+    // Every flag has a value: its default at least.
+    let value = &values[name];
+    value
+        .parse()
+        .map_err(|_| format!("invalid value {value:?} for --{name}"))
 }

@@ -6,7 +6,6 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// A refused or failed request, with a reason the client can read.
-#[derive(Debug)]
 pub enum Error {
     /// Malformed or invalid input.
     Invalid(String),

@@ -17,12 +17,9 @@ use std::{convert::Infallible, io::Write as _, net::IpAddr, sync::Arc, time::Dur
 type HttpRequest = Request<hyper::body::Incoming>;
 /// A response, or the refusal sent instead; `?` turns any `Error` into one.
 type Reply = Result<Response<Body>, Refusal>;
-type Refusal = Response<Body>;
+type Refusal = Box<Response<Body>>;
 type Served = Result<Response<Body>, Infallible>;
 type Headers = &'static [(&'static str, &'static str)];
-
-/// How long a request body may take to arrive, like the headers.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const ALLOWED_HEADERS: &str = "authorization, content-type, last-event-id";
 
@@ -53,7 +50,7 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let result = route(&state, address, request, &path).await;
-    let mut response = result.unwrap_or_else(|refusal| refusal);
+    let mut response = result.unwrap_or_else(|refusal| *refusal);
     let origin = state.flags.origin.clone();
     let headers = response.headers_mut();
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -76,16 +73,16 @@ async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str)
         (&Method::GET, "/sse") => stream(state, address, request).await,
         (&Method::POST, "/insert") => insert(state, address, request).await,
         (&Method::GET, "/verify") => verify(state, address, request).await,
-        (&Method::POST, "/create_user") => create_user(state, address, request).await,
-        (&Method::POST, "/update_user") => update_user(state, address, request).await,
-        (&Method::POST, "/revoke_user") => set_revoked(state, address, request, true).await,
-        (&Method::POST, "/unrevoke_user") => set_revoked(state, address, request, false).await,
-        (&Method::POST, "/get_user") => get_user(state, address, request).await,
-        (&Method::POST, "/list_users") => list_users(state, address, request).await,
+        (&Method::POST, "/create_user") => create_user(state, request).await,
+        (&Method::POST, "/update_user") => update_user(state, request).await,
+        (&Method::POST, "/revoke_user") => set_revoked(state, request, true).await,
+        (&Method::POST, "/unrevoke_user") => set_revoked(state, request, false).await,
+        (&Method::POST, "/get_user") => get_user(state, request).await,
+        (&Method::POST, "/list_users") => list_users(state, request).await,
         // Every path that exists, so a wrong method is told 405, not 404.
-        (_, "/" | "/login" | "/sse" | "/insert" | "/verify") => wrong_method(),
-        (_, "/create_user" | "/update_user" | "/revoke_user") => wrong_method(),
-        (_, "/unrevoke_user" | "/get_user" | "/list_users") => wrong_method(),
+        (_, "/" | "/login" | "/sse" | "/insert" | "/verify" | "/get_user") => wrong_method(),
+        (_, "/create_user" | "/update_user" | "/revoke_user" | "/unrevoke_user") => wrong_method(),
+        (_, "/list_users") => wrong_method(),
         _ => Err(refuse(StatusCode::NOT_FOUND, "no such path")),
     }
 }
@@ -108,7 +105,7 @@ fn ok(body: Value) -> Reply {
 
 /// A refusal: `{"error": "<reason>"}` with its status.
 fn refuse(status: StatusCode, reason: &str) -> Refusal {
-    reply(status, json!({ "error": reason }))
+    Box::new(reply(status, json!({ "error": reason })))
 }
 
 /// The one place where an error becomes a status, with `Retry-After` where
@@ -130,12 +127,12 @@ impl From<Error> for Refusal {
     }
 }
 
-/// Reads a JSON body of at most `--max_body` bytes, arriving within
-/// `BODY_TIMEOUT`.
+/// Reads a JSON body of at most `--max_body` bytes, arriving within ten
+/// seconds, like the headers.
 async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Refusal> {
     let limit = state.flags.max_body;
     let reading = Limited::new(request.into_body(), limit).collect();
-    let read = tokio::time::timeout(BODY_TIMEOUT, reading).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), reading).await;
     let slow = |_| refuse(StatusCode::REQUEST_TIMEOUT, "body arrived too slowly");
     let too_large = || refuse(StatusCode::PAYLOAD_TOO_LARGE, "body over --max_body");
     let bytes = match read.map_err(slow)? {
@@ -153,11 +150,11 @@ fn fields<T: DeserializeOwned>(body: Value) -> Result<T, Error> {
 }
 
 /// Reads an admin call's fields; its admin_token is checked before any other.
-async fn admin(state: &State, address: IpAddr, request: HttpRequest) -> Result<Changes, Refusal> {
+async fn admin(state: &State, request: HttpRequest) -> Result<Changes, Refusal> {
     let body = json_body(state, request).await?;
     let token = body.get("admin_token").and_then(Value::as_str);
     let token = token.ok_or_else(|| Error::Invalid("admin_token must be a string".into()))?;
-    state.auth.check_admin(address, token)?;
+    state.auth.check_admin(token)?;
     Ok(fields(body)?)
 }
 
@@ -165,15 +162,6 @@ async fn admin(state: &State, address: IpAddr, request: HttpRequest) -> Result<C
 fn check(valid: bool, rule: &str) -> Result<(), Error> {
     let invalid = || Error::Invalid(rule.into());
     valid.then_some(()).ok_or_else(invalid)
-}
-
-/// Usernames show in logs and admin calls: no control characters, no outer
-/// spaces, and no colon, since Basic splits at the first one.
-fn check_username(username: &str) -> Result<(), Error> {
-    let unclean = |c: char| c == ':' || c.is_control();
-    let valid = (1..=MAX_USERNAME).contains(&username.len()) && !username.contains(unclean);
-    let rule = "username must be 1-128 bytes, without ':', control characters or outer spaces";
-    check(valid && username.trim() == username, rule)
 }
 
 fn check_tenant(tenant: &str) -> Result<(), Error> {
@@ -192,18 +180,9 @@ fn check_email(email: Option<String>) -> Result<Option<String>, Error> {
     Ok(email)
 }
 
-/// Checks a new password and returns its Argon2id hash; checked last in
-/// each handler, so a bad request never pays for hashing.
-async fn hashed(state: &State, password: String) -> Result<String, Error> {
-    let rule = "password must be 1-1024 bytes";
-    check((1..=1024).contains(&password.len()), rule)?;
-    state.auth.hash(password).await
-}
-
 async fn login(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let body: Credentials = fields(json_body(state, request).await?)?;
-    let (name, password) = (&body.username, &body.password);
-    let user = state.auth.login(address, name, password).await?;
+    let Credentials { username, password } = fields(json_body(state, request).await?)?;
+    let user = state.auth.login(address, &username, &password).await?;
     ok(json!({ "jwt": state.auth.issue(&user) }))
 }
 
@@ -238,21 +217,27 @@ async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     Ok(respond(StatusCode::OK, body, hub::HEADERS))
 }
 
-async fn create_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let mut user = admin(state, address, request).await?;
-    check_username(&user.username)?;
+async fn create_user(state: &State, request: HttpRequest) -> Reply {
+    let mut user = admin(state, request).await?;
+    // Usernames show in logs and admin calls: no control characters, no
+    // outer spaces, and no colon, since Basic splits at the first one.
+    let name = &user.username;
+    let unclean = |c: char| c == ':' || c.is_control();
+    let valid = (1..=MAX_USERNAME).contains(&name.len()) && !name.contains(unclean);
+    let rule = "username must be 1-128 bytes, without ':', control characters or outer spaces";
+    check(valid && name.trim() == name, rule)?;
     check_tenant(user.tenant_name.as_deref().unwrap_or_default())?;
     user.email = Some(check_email(user.email.flatten())?);
     // A missing password is refused as an empty one.
     let password = user.password.unwrap_or_default();
-    user.password = Some(hashed(state, password).await?);
+    user.password = Some(state.auth.hash(password).await?);
     ok(state.store.write_user(user, true)?)
 }
 
 /// Changes any of tenant_name, email, data and password; every field is
 /// checked before anything is written.
-async fn update_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let mut changes = admin(state, address, request).await?;
+async fn update_user(state: &State, request: HttpRequest) -> Reply {
+    let mut changes = admin(state, request).await?;
     if let Some(tenant) = &changes.tenant_name {
         check_tenant(tenant)?;
     }
@@ -260,27 +245,30 @@ async fn update_user(state: &State, address: IpAddr, request: HttpRequest) -> Re
         changes.email = Some(check_email(email)?);
     }
     if let Some(password) = changes.password {
-        changes.password = Some(hashed(state, password).await?);
+        changes.password = Some(state.auth.hash(password).await?);
     }
     ok(state.store.write_user(changes, false)?)
 }
 
-async fn set_revoked(state: &State, address: IpAddr, request: HttpRequest, revoked: bool) -> Reply {
-    let username = admin(state, address, request).await?.username;
+async fn set_revoked(state: &State, request: HttpRequest, revoked: bool) -> Reply {
+    let username = admin(state, request).await?.username;
     // Only `revoked` changes, whatever else the body holds.
-    let mut changes = Changes::default();
-    changes.username = username;
-    changes.revoked = Some(revoked);
+    let revoked = Some(revoked);
+    let changes = Changes {
+        username,
+        revoked,
+        ..Changes::default()
+    };
     ok(state.store.write_user(changes, false)?)
 }
 
-async fn get_user(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let username = admin(state, address, request).await?.username;
+async fn get_user(state: &State, request: HttpRequest) -> Reply {
+    let username = admin(state, request).await?.username;
     let unknown = || Error::Invalid("unknown user".into());
     ok(state.store.user(&username)?.ok_or_else(unknown)?.public())
 }
 
-async fn list_users(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    admin(state, address, request).await?;
+async fn list_users(state: &State, request: HttpRequest) -> Reply {
+    admin(state, request).await?;
     ok(state.store.users()?.iter().map(User::public).collect())
 }

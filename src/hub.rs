@@ -21,18 +21,10 @@ const QUEUE_LIMIT: usize = 1 << 20;
 /// The keep-alive comment.
 const PING: Bytes = Bytes::from_static(b":\n\n");
 
-pub const HEADERS: &[(&str, &str)] = &[
-    ("content-type", "text/event-stream"),
-    ("cache-control", "no-cache"),
-];
+pub const HEADERS: &[(&str, &str)] = &[("content-type", "text/event-stream")];
 
 /// Every response body, a stream's included.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// Stored frames a stream starts with, oldest first, read as it is written.
-/// One that can no longer be read (`None`) ends the stream, and the client
-/// resumes with Last-Event-ID instead of silently missing it.
-pub type Backlog = Box<dyn Iterator<Item = Option<Bytes>> + Send>;
 
 /// One SSE frame, `id:<id>\nevent:<name>\ndata:<json>\n\n`, pure ASCII:
 /// broker-client decodes byte by byte as Latin-1, so every non-ASCII
@@ -98,7 +90,10 @@ impl Hub {
         tenant: &str,
         username: &str,
         expires: Option<u64>,
-        backlog: Backlog,
+        // Stored frames the stream starts with, oldest first, read as it is
+        // written. One that cannot be read (`None`) ends the stream, and the
+        // client resumes with Last-Event-ID instead of silently missing it.
+        backlog: impl Iterator<Item = Option<Bytes>> + Send + 'static,
     ) -> Result<Body, Error> {
         let mut tenants = lock(&self.tenants);
         let subscribers = tenants.entry(tenant.to_string()).or_default();
@@ -117,9 +112,8 @@ impl Hub {
         let all = tokio_stream::iter(backlog).chain(live);
         let all = all.map_while(|frame| frame);
         let body = StreamBody::new(all.map(|frame| Ok(Frame::data(frame))));
-        let username = username.to_string();
         subscribers.push(Subscriber {
-            username,
+            username: username.to_string(),
             expires,
             frames,
             queued,

@@ -27,14 +27,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How long a client may take over its TLS handshake or request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for in-flight requests before giving up on them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest request head accepted; a bigger one is answered 431.
-const MAX_HEADERS: usize = 64 * 1024;
-/// How long a socket may accept nothing while a response waits to be
-/// written: a client that stopped reading is disconnected, and whatever its
-/// stream had queued is freed.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -60,12 +52,12 @@ async fn run(flags: config::Config) -> Result<(), String> {
     clock::start(&flags.ntp_servers, flags.ntp_interval.get());
     let hub = hub::Hub::new(flags.max_streams);
     let store = store::Store::open(&flags.db, flags.history, hub.clone())?;
-    let tls = tls::acceptor(&flags).await?;
+    let tls = flags.secure.then(|| tls::acceptor(&flags)).transpose()?;
     let listener = TcpListener::bind(("0.0.0.0", flags.port)).await;
     let listener = listener.map_err(|error| format!("cannot listen: {error}"))?;
     tokio::spawn(hub.clone().maintain(flags.keep_alive));
-    let scheme = if tls.is_some() { "https" } else { "http" };
     let address = listener.local_addr().map_err(|error| error.to_string())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("broker: serving {scheme} on port {}", address.port());
     let auth = auth::Auth::new(flags.clone(), store.clone())?;
     let state = Arc::new(State { flags, store, auth });
@@ -80,8 +72,7 @@ async fn run(flags: config::Config) -> Result<(), String> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
-        let accepted = accepted.inspect_err(|error| eprintln!("accept failed: {error}"));
-        let Ok((tcp, _)) = accepted else {
+        let Ok((tcp, _)) = accepted.inspect_err(|error| eprintln!("accept failed: {error}")) else {
             // Typically out of file descriptors: wait rather than spin.
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -92,9 +83,9 @@ async fn run(flags: config::Config) -> Result<(), String> {
     eprintln!("broker: shutting down");
     drop(listener);
     hub.close_all();
-    // Open connections get a few seconds to finish; the database needs
+    // Open connections get five seconds to finish; the database needs
     // nothing more: every write is in the journal, synced every second.
-    let _ = timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    let _ = timeout(Duration::from_secs(5), graceful.shutdown()).await;
     Ok(())
 }
 
@@ -104,7 +95,11 @@ async fn run(flags: config::Config) -> Result<(), String> {
 async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, drain: Watcher) {
     let Ok(peer) = tcp.peer_addr() else { return };
     let _ = tcp.set_nodelay(true);
-    let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(WRITE_TIMEOUT));
+    // A socket that accepts nothing for 10 s while a response waits to be
+    // written is closed by the kernel: a client that stopped reading is
+    // disconnected, and whatever its stream had queued is freed.
+    let write_timeout = Some(Duration::from_secs(10));
+    let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(write_timeout);
     let io: Box<dyn Io> = match tls {
         None => Box::new(tcp),
         Some(tls) => match timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
@@ -116,7 +111,8 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new());
     builder.header_read_timeout(HEADER_TIMEOUT);
-    builder.max_header_size(MAX_HEADERS);
+    // A request head over 64 KiB is answered 431.
+    builder.max_header_size(64 * 1024);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let _ = drain.watch(connection).await;
 }

@@ -76,9 +76,7 @@ pub struct Changes {
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    field: D,
-) -> Result<Option<T>, D::Error> {
+fn present<'a, D: Deserializer<'a>, T: Deserialize<'a>>(field: D) -> Result<Option<T>, D::Error> {
     T::deserialize(field).map(Some)
 }
 
@@ -293,7 +291,7 @@ impl Store {
         // Frames are read as the stream is written, one at a time.
         let backlog = backlog.map(|entry| Some(Bytes::copy_from_slice(&entry.value().ok()?)));
         let hub = &self.0.hub;
-        hub.subscribe(tenant, &user.username, caller.expires, Box::new(backlog))
+        hub.subscribe(tenant, &user.username, caller.expires, backlog)
     }
 }
 

@@ -16,12 +16,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig, crypto::ring};
 use tokio_stream::StreamExt;
 
-/// The acceptor for `--secure`, or `None` for plain HTTP. `Err` names the
-/// file or setting that failed, for the start-up message.
-pub async fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
-    if !config.secure {
-        return Ok(None);
-    }
+/// The acceptor for `--secure`. `Err` names the file or setting that
+/// failed, for the start-up message.
+pub fn acceptor(config: &Config) -> Result<TlsAcceptor, String> {
     // ring, not the default aws-lc-rs: no cmake or C++ toolchain to build it.
     let _ = ring::default_provider().install_default();
     let builder = ServerConfig::builder().with_no_client_auth();
@@ -37,7 +34,7 @@ pub async fn acceptor(config: &Config) -> Result<Option<TlsAcceptor>, String> {
     // HTTP/1.1 only (SSE needs nothing more), and acme-tls/1 for ACME's
     // validation handshakes, which rustls-acme's resolver answers.
     server.alpn_protocols = vec![b"http/1.1".to_vec(), b"acme-tls/1".to_vec()];
-    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+    Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
 /// Every certificate in a PEM file; none at all is an error too.
