@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 budget=1000
 total=0
-for file in src/*.rs; do
+# Every .rs file under src/, subfolders included.
+while IFS= read -r file; do
   count=$(awk '
     { line = $0; sub(/^[ \t]+/, "", line) }
     in_block { if (line ~ /\*\//) { in_block = 0 }; next }
@@ -18,7 +19,7 @@ for file in src/*.rs; do
   ' "$file")
   printf '%-20s %5d\n' "$file" "$count"
   total=$((total + count))
-done
+done < <(find src -name '*.rs' | sort)
 printf '%-20s %5d (budget %d)\n' "total" "$total" "$budget"
 if [ "$total" -gt "$budget" ]; then
   echo "src/ is over the line budget by $((total - budget)) lines" >&2
