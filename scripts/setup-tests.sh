@@ -2,7 +2,10 @@
 # Installs what the tests need beyond Rust, idempotently:
 # - Node.js and npm (Debian's) if missing, then broker-client@0.0.8 and esbuild
 #   from npm, bundling tests/client/client.mjs for Node 20;
-# - Debian's pebble (Let's Encrypt's test ACME server) for the ACME test.
+# - Debian's pebble (Let's Encrypt's test ACME server) for the ACME test;
+# - Debian's Chromium and, from npm, playwright-core (which downloads no
+#   browser of its own) for the browser test of examples/chat, whose page is
+#   bundled with esbuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,14 +14,19 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-cd tests/client
-if [ ! -d node_modules/broker-client ] || [ ! -d node_modules/esbuild ]; then
-  npm ci --no-audit --no-fund --loglevel=error
-fi
-npm run --silent build
+for dir in tests/client examples/chat; do
+  (
+    cd "$dir"
+    if [ ! -d node_modules/broker-client ] || [ ! -d node_modules/esbuild ]; then
+      npm ci --no-audit --no-fund --loglevel=error
+    fi
+    npm run --silent build
+  )
+done
