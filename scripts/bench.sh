@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs Broker's benchmark against a fresh release build: fan-out, idle streams,
-# inserts and start-up, printing a JSON line per figure and a Markdown table.
+# Runs Broker's benchmark against a fresh release build: fan-out, a fixed insert
+# rate, idle streams, inserts and start-up, printing a JSON line per figure and
+# a Markdown table, and redraws the chart in docs/bench.svg.
 #   scripts/bench.sh               broker alone
 #   scripts/bench.sh --with-nchan  also nginx + nchan on the same machine (installs
 #                                  Debian's nginx-light and libnginx-mod-nchan)
@@ -17,4 +18,11 @@ fi
 cargo build --release --quiet
 cargo build --release --quiet --manifest-path bench/Cargo.toml
 ulimit -n "$(ulimit -Hn)"
-exec bench/target/release/broker-bench --broker target/release/broker "$@"
+# Every run's JSON lines are kept in bench/results/; the chart in docs/ is
+# redrawn from all the runs there (each bar the median, each dot a run).
+mkdir -p bench/results
+run="bench/results/run-$(date +%Y%m%d-%H%M%S).jsonl"
+bench/target/release/broker-bench --broker target/release/broker "$@" | tee "$run"
+python3 bench/chart.py bench/results/run-*.jsonl > docs/bench.svg
+echo "results in $run; chart in docs/bench.svg"
+

@@ -3,6 +3,8 @@
 //!
 //! - `fanout`: N subscribers in one tenant/channel; E=200 events at 50/s, each
 //!   stamped with its send time; delivery ratio and latency percentiles.
+//! - `rate`: 4 000 inserts/s for 5 s over 8 connections with 100 subscribers;
+//!   delivery ratio and latency percentiles.
 //! - `idle`: 10 000 idle streams; RSS per stream and server CPU over 10 s.
 //! - `insert`: closed-loop inserts (publishes) over 64 keep-alive connections
 //!   for 10 s, with JWT and with Basic, and with 100 live subscribers.
@@ -117,6 +119,8 @@ fn start_broker(binary: &str, db: Option<&std::path::Path>) -> (Server, Duration
     let started = Instant::now();
     let child = Command::new(binary)
         .args(["--ntp_servers=", "--admin_token=bench", "--jwt_secret=bench-secret"])
+        // The benchmark's users open thousands of streams each.
+        .args(["--max_streams=1000000", "--login_limit=1000000"])
         .arg(format!("--port={port}"))
         .arg(format!("--db={}", db.display()))
         .stdout(Stdio::null())
@@ -373,6 +377,12 @@ impl Results {
                 add(&mut self.rows, format!("1 fan-out N={n:>4}: delivered"), format!("{:.1} %", line["delivered_pct"].as_f64().unwrap_or(0.0)));
                 add(&mut self.rows, format!("2 fan-out N={n:>4}: p50 / p99"), format!("{:.2} / {:.2} ms", line["p50_ms"].as_f64().unwrap_or(f64::NAN), line["p99_ms"].as_f64().unwrap_or(f64::NAN)));
             }
+            "rate" => {
+                let rate = line["rate"].as_u64().unwrap_or(0);
+                let n = line["subscribers"].as_u64().unwrap_or(0);
+                add(&mut self.rows, format!("2 rate {rate}/s, N={n}: delivered"), format!("{:.1} %", line["delivered_pct"].as_f64().unwrap_or(0.0)));
+                add(&mut self.rows, format!("2 rate {rate}/s, N={n}: p50 / p99"), format!("{:.2} / {:.2} ms", line["p50_ms"].as_f64().unwrap_or(f64::NAN), line["p99_ms"].as_f64().unwrap_or(f64::NAN)));
+            }
             "idle" => {
                 add(&mut self.rows, "3 idle: RSS per stream (10 000)".into(), format!("{:.1} KiB", line["rss_per_stream_kib"].as_f64().unwrap_or(0.0)));
                 add(&mut self.rows, "4 idle: server CPU over 10 s".into(), format!("{:.3} s", line["cpu_seconds"].as_f64().unwrap_or(0.0)));
@@ -405,18 +415,37 @@ impl Results {
 }
 
 async fn fanout(server: &Server, subscribers: usize) -> Value {
-    let channel = Channel::new(server, &format!("fanout{subscribers}"), false).await;
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(subscribers * EVENTS as usize)));
+    let mut line = deliver(server, &format!("fanout{subscribers}"), subscribers, EVENTS, RATE, 1).await;
+    line["scenario"] = json!("fanout");
+    line
+}
+
+/// A fixed insert rate with live subscribers: every event should reach every
+/// subscriber, and the latency from publishing to receipt stays low.
+async fn rate(server: &Server, per_second: u64, subscribers: usize) -> Value {
+    let events = per_second * 5;
+    let mut line = deliver(server, &format!("rate{per_second}"), subscribers, events, per_second, 8).await;
+    line["scenario"] = json!("rate");
+    line["rate"] = json!(per_second);
+    line
+}
+
+/// `subscribers` streams of one tenant/channel; `events` events published at
+/// `per_second` in total over `publishers` connections, each stamped with its
+/// send time; delivery ratio and latency percentiles.
+async fn deliver(server: &Server, name: &str, subscribers: usize, events: u64, per_second: u64, publishers: u64) -> Value {
+    let channel = Channel::new(server, name, false).await;
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(subscribers * events as usize)));
     let delivered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
         let reader = channel.subscribe().await.expect("subscribe");
         let (latencies, delivered) = (latencies.clone(), delivered.clone());
         tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::with_capacity(EVENTS as usize);
+            let mut mine = Vec::with_capacity(events as usize);
             read_events(reader, |stamp| {
                 mine.push(now_ns().saturating_sub(stamp));
-                if mine.len() as u64 == EVENTS {
+                if mine.len() as u64 == events {
                     latencies.lock().unwrap().extend(mine.drain(..));
                 }
                 delivered.fetch_add(1, Relaxed);
@@ -426,15 +455,25 @@ async fn fanout(server: &Server, subscribers: usize) -> Value {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut publisher = Connection::open(server.port).await.unwrap();
     let started = Instant::now();
-    for sequence in 0..EVENTS {
-        let due = started + Duration::from_micros(sequence * 1_000_000 / RATE);
-        tokio::time::sleep_until(due.into()).await;
-        let ok = channel.publish(&mut publisher, &format!(r#"{{"t":{},"seq":{sequence}}}"#, now_ns())).await;
-        assert!(ok, "publish failed");
+    let mut senders = Vec::new();
+    for publisher in 0..publishers {
+        let channel = channel.clone();
+        senders.push(tokio::spawn(async move {
+            let mut connection = Connection::open(channel.port).await.unwrap();
+            for sequence in (publisher..events).step_by(publishers as usize) {
+                let due = started + Duration::from_nanos(sequence * 1_000_000_000 / per_second);
+                tokio::time::sleep_until(due.into()).await;
+                let data = format!(r#"{{"t":{},"seq":{sequence}}}"#, now_ns());
+                assert!(channel.publish(&mut connection, &data).await, "publish failed");
+            }
+        }));
     }
-    let expected = subscribers as u64 * EVENTS;
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let published_in = started.elapsed().as_secs_f64();
+    let expected = subscribers as u64 * events;
     let deadline = Instant::now() + Duration::from_secs(3);
     while delivered.load(Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -449,7 +488,8 @@ async fn fanout(server: &Server, subscribers: usize) -> Value {
     all.sort_unstable();
     let count = delivered.load(Relaxed);
     json!({
-        "scenario": "fanout", "server": server.name, "subscribers": subscribers, "events": EVENTS,
+        "server": server.name, "subscribers": subscribers, "events": events,
+        "published_per_second": events as f64 / published_in,
         "delivered_pct": 100.0 * count as f64 / expected as f64,
         "p50_ms": percentile(&all, 0.50), "p99_ms": percentile(&all, 0.99), "max_ms": percentile(&all, 1.0),
     })
@@ -619,7 +659,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|arg| arg == name).and_then(|at| args.get(at + 1)).cloned();
     let binary = flag("--broker").unwrap_or("target/release/broker".into());
-    let only = flag("--only").unwrap_or("fanout,idle,insert,startup".into());
+    let only = flag("--only").unwrap_or("fanout,rate,idle,insert,startup".into());
     let startup_events: u64 = flag("--events-for-startup").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let with_nchan = args.iter().any(|arg| arg == "--with-nchan");
     raise_fd_limit();
@@ -640,6 +680,9 @@ fn main() {
                 for subscribers in [1, 100, 1000] {
                     results.record(name, fanout(&server, subscribers).await);
                 }
+            }
+            if only.contains("rate") {
+                results.record(name, rate(&server, 4000, 100).await);
             }
             if only.contains("insert") {
                 let label = if server.kind == Kind::Broker { "JWT, 64 connections" } else { "publish, 64 connections" };
