@@ -13,8 +13,8 @@ pub enum Error {
     Unauthorized(String),
     /// A limit was reached; the client may try again after this many seconds.
     TooMany(String, u64),
-    /// Storage or the cluster cannot serve now; it heals by itself, so the
-    /// client should retry shortly.
+    /// Storage cannot serve now, or the server is too busy; it heals by
+    /// itself, so the client should retry shortly.
     Unavailable(String),
     /// A fault of the server itself.
     Internal(String),

@@ -465,7 +465,12 @@ async fn deliver(server: &Server, name: &str, subscribers: usize, events: u64, p
                 let due = started + Duration::from_nanos(sequence * 1_000_000_000 / per_second);
                 tokio::time::sleep_until(due.into()).await;
                 let data = format!(r#"{{"t":{},"seq":{sequence}}}"#, now_ns());
-                assert!(channel.publish(&mut connection, &data).await, "publish failed");
+                // A server may close a keep-alive connection (nginx does after
+                // 1 000 requests): open another and publish again.
+                if !channel.publish(&mut connection, &data).await {
+                    connection = Connection::open(channel.port).await.unwrap();
+                    assert!(channel.publish(&mut connection, &data).await, "publish failed");
+                }
             }
         }));
     }
