@@ -49,7 +49,9 @@ struct Credentials {
 pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> Served {
     let started = std::time::Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
-    let result = route(&state, address, request, &path).await;
+    // hyper keeps room for this future for the whole connection, idle
+    // streams included; boxed, the endpoints' state is freed once answered.
+    let result = Box::pin(route(&state, address, request, &path)).await;
     let mut response = result.unwrap_or_else(|refusal| *refusal);
     let origin = state.flags.origin.clone();
     let headers = response.headers_mut();
