@@ -57,7 +57,8 @@ for index, (title, groups) in enumerate(PANELS):
     svg.append(f'<line x1="{left}" y1="{y(0)}" x2="{left + inner}" y2="{y(0)}" stroke="#333"/>')
     for tick in range(5):
         value = peak * tick / 4
-        svg.append(f'<text x="{left - 4}" y="{y(value) + 4}" text-anchor="end" fill="#555">{value:.3g}</text>')
+        label = f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+        svg.append(f'<text x="{left - 4}" y="{y(value) + 4}" text-anchor="end" fill="#555">{label}</text>')
         svg.append(f'<line x1="{left}" y1="{y(value)}" x2="{left + inner}" y2="{y(value)}" stroke="#eee"/>')
     slot = inner / len(groups)
     bar = slot / (len(SERVERS) + 1)
