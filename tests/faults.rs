@@ -139,22 +139,6 @@ fn within(limit: Duration, mut probe: impl FnMut() -> bool) -> Option<Duration> 
     None
 }
 
-/// Text that does not compress (the journal compresses what it can).
-fn noise(length: usize, seed: u64) -> String {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
-    (0..length)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'!' + (state % 90) as u8)
-        })
-        .collect()
-}
-
 /// An insert that tolerates a broker that is restarting: status 0 then.
 fn insert_status(broker: &Client, jwt: &str, n: u64) -> (u16, Option<String>) {
     let auth = bearer(jwt);

@@ -97,22 +97,6 @@ fn size_of(path: &Path) -> u64 {
     total
 }
 
-/// Text that does not compress.
-fn noise(length: usize, seed: u64) -> String {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
-    (0..length)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            char::from(b'!' + (state % 90) as u8)
-        })
-        .collect()
-}
-
 /// The size of the database's tables (all but fjall's journal, which never
 /// exceeds 64 MiB) after `count` inserts of 10 KB and a clean stop.
 fn disk_use(history: &str, count: u64) -> u64 {

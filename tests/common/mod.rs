@@ -84,6 +84,27 @@ pub fn collect_log(stderr: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>
     (log, port)
 }
 
+/// Whether a collected log holds a line containing `text`.
+pub fn log_contains(log: &Mutex<Vec<String>>, text: &str) -> bool {
+    log.lock().unwrap().iter().any(|line| line.contains(text))
+}
+
+/// Text that does not compress (the journal compresses what it can).
+pub fn noise(length: usize, seed: u64) -> String {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'!' + (state % 90) as u8)
+        })
+        .collect()
+}
+
 /// As `collect_log`, appending to an existing log.
 pub fn collect_log_into(
     stderr: impl Read + Send + 'static,
@@ -177,11 +198,7 @@ impl Supervised {
     }
 
     pub fn logged(&self, text: &str) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.contains(text))
+        log_contains(&self.log, text)
     }
 
     pub fn pid(&self) -> i32 {
@@ -273,11 +290,7 @@ impl Broker {
 
     /// Whether the broker logged a line containing `text`.
     pub fn logged(&self, text: &str) -> bool {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.contains(text))
+        log_contains(&self.log, text)
     }
 
     pub fn pid(&self) -> i32 {
