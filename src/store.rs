@@ -120,8 +120,9 @@ impl Store {
     /// Opens the database and starts the thread that watches over it.
     pub fn open(path: &Path, history: u64, hub: Hub) -> Result<Store, String> {
         let failed = |error| format!("cannot open --db {}: {error}", path.display());
-        // A journal of at most 64 MiB (fjall's least) bounds what a restart
-        // after a crash replays; a clean shutdown leaves nothing to replay.
+        // A journal of at most 64 MiB (fjall's least) bounds what a start
+        // replays, after a crash or a clean shutdown alike (shutdown does not
+        // flush memtables, so that it stays quick).
         let db = Database::builder(path).max_journaling_size(64 << 20);
         let db = db.open().map_err(failed)?;
         // Small memtables (fjall's default is 64 MiB each) keep memory low.
