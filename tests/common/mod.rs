@@ -386,7 +386,8 @@ impl Client {
             .write_all(&request_bytes(method, path, headers, body))
             .ok()?;
         let mut reader = BufReader::new(stream);
-        let (status, head) = read_head(&mut reader);
+        // A connection reset (a restarting or overloaded server) is no answer.
+        let (status, head) = try_read_head(&mut reader).ok()?;
         let mut body = Vec::new();
         let _ = reader.read_to_end(&mut body);
         Some(Reply { status, head, body })
@@ -589,10 +590,15 @@ pub fn basic(username: &str, password: &str) -> String {
 }
 
 fn read_head(reader: &mut impl BufRead) -> (u16, String) {
+    try_read_head(reader).unwrap()
+}
+
+/// The status and head of a response; an error if the connection broke.
+fn try_read_head(reader: &mut impl BufRead) -> std::io::Result<(u16, String)> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
         head.push_str(&line);
@@ -602,7 +608,7 @@ fn read_head(reader: &mut impl BufRead) -> (u16, String) {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    (status, head)
+    Ok((status, head))
 }
 
 pub fn read_reply(reader: &mut impl BufRead) -> Reply {
