@@ -75,8 +75,8 @@ async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str)
         (&Method::GET, "/sse") => stream(state, address, request).await,
         (&Method::POST, "/insert") => insert(state, address, request).await,
         (&Method::GET, "/verify") => verify(state, address, request).await,
-        (&Method::POST, "/create_user") => create_user(state, request).await,
-        (&Method::POST, "/update_user") => update_user(state, request).await,
+        (&Method::POST, "/create_user") => write_user(state, request, true).await,
+        (&Method::POST, "/update_user") => write_user(state, request, false).await,
         (&Method::POST, "/revoke_user") => set_revoked(state, request, true).await,
         (&Method::POST, "/unrevoke_user") => set_revoked(state, request, false).await,
         (&Method::POST, "/get_user") => get_user(state, request).await,
@@ -166,6 +166,15 @@ fn check(valid: bool, rule: &str) -> Result<(), Error> {
     valid.then_some(()).ok_or_else(invalid)
 }
 
+/// Usernames show in logs and admin calls: no control characters, no
+/// outer spaces, and no colon, since Basic splits at the first one.
+fn check_username(name: &str) -> Result<(), Error> {
+    let unclean = |c: char| c == ':' || c.is_control();
+    let valid = (1..=MAX_USERNAME).contains(&name.len()) && !name.contains(unclean);
+    let rule = "username must be 1-128 bytes, without ':', control characters or outer spaces";
+    check(valid && name.trim() == name, rule)
+}
+
 fn check_tenant(tenant: &str) -> Result<(), Error> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let valid = (1..=64).contains(&tenant.len()) && tenant.chars().all(allowed);
@@ -219,27 +228,17 @@ async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     Ok(respond(StatusCode::OK, body, hub::HEADERS))
 }
 
-async fn create_user(state: &State, request: HttpRequest) -> Reply {
-    let mut user = admin(state, request).await?;
-    // Usernames show in logs and admin calls: no control characters, no
-    // outer spaces, and no colon, since Basic splits at the first one.
-    let name = &user.username;
-    let unclean = |c: char| c == ':' || c.is_control();
-    let valid = (1..=MAX_USERNAME).contains(&name.len()) && !name.contains(unclean);
-    let rule = "username must be 1-128 bytes, without ':', control characters or outer spaces";
-    check(valid && name.trim() == name, rule)?;
-    check_tenant(user.tenant_name.as_deref().unwrap_or_default())?;
-    user.email = Some(check_email(user.email.flatten())?);
-    // A missing password is refused as an empty one.
-    let password = user.password.unwrap_or_default();
-    user.password = Some(state.auth.hash(password).await?);
-    ok(state.store.write_user(user, true)?)
-}
-
-/// Changes any of tenant_name, email, data and password; every field is
-/// checked before anything is written.
-async fn update_user(state: &State, request: HttpRequest) -> Reply {
+/// Creates a user, or changes any of tenant_name, email, data and password
+/// of one; every field is checked before anything is written.
+async fn write_user(state: &State, request: HttpRequest, create: bool) -> Reply {
     let mut changes = admin(state, request).await?;
+    if create {
+        check_username(&changes.username)?;
+        // A new user has a tenant and a password: missing ones are refused
+        // as empty ones.
+        changes.tenant_name.get_or_insert_default();
+        changes.password.get_or_insert_default();
+    }
     if let Some(tenant) = &changes.tenant_name {
         check_tenant(tenant)?;
     }
@@ -249,7 +248,7 @@ async fn update_user(state: &State, request: HttpRequest) -> Reply {
     if let Some(password) = changes.password {
         changes.password = Some(state.auth.hash(password).await?);
     }
-    ok(state.store.write_user(changes, false)?)
+    ok(state.store.write_user(changes, create)?)
 }
 
 async fn set_revoked(state: &State, request: HttpRequest, revoked: bool) -> Reply {
