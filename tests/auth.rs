@@ -33,12 +33,6 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn verify_status(broker: &Broker, jwt: &str) -> u16 {
-    broker
-        .get("/verify", &[("Authorization", &bearer(jwt))])
-        .status
-}
-
 #[test]
 fn issued_jwt_has_the_contract_header_and_claims() {
     let broker = Broker::start(&["--jwt_expiry=600"]);
@@ -65,7 +59,7 @@ fn forged_tampered_and_foreign_tokens_are_refused() {
     let header = json!({"alg": "HS256", "typ": "JWT"});
     let claims = json!({"sub": "bob", "iat": now(), "exp": now() + 600, "iss": "Broker"});
     assert_eq!(
-        verify_status(&broker, &sign("secret", &header, &claims)),
+        broker.verify(&sign("secret", &header, &claims)).status,
         200,
         "a correctly signed token works"
     );
@@ -80,13 +74,13 @@ fn forged_tampered_and_foreign_tokens_are_refused() {
         URL_SAFE_NO_PAD.encode(eve.to_string()),
         parts[2]
     );
-    assert_eq!(verify_status(&broker, &swapped), 401);
+    assert_eq!(broker.verify(&swapped).status, 401);
     // One flipped signature character.
     let mut flipped = jwt.clone().into_bytes();
     let last = flipped.len() - 2;
     flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
     assert_eq!(
-        verify_status(&broker, &String::from_utf8(flipped).unwrap()),
+        broker.verify(&String::from_utf8(flipped).unwrap()).status,
         401
     );
     // alg none, with and without a signature.
@@ -96,40 +90,40 @@ fn forged_tampered_and_foreign_tokens_are_refused() {
         URL_SAFE_NO_PAD.encode(none.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    assert_eq!(verify_status(&broker, &unsigned), 401);
-    assert_eq!(verify_status(&broker, &sign("secret", &none, &claims)), 401);
+    assert_eq!(broker.verify(&unsigned).status, 401);
+    assert_eq!(broker.verify(&sign("secret", &none, &claims)).status, 401);
     // Another algorithm name over an HMAC signature.
     assert_eq!(
-        verify_status(&broker, &sign("secret", &json!({"alg": "HS512"}), &claims)),
+        broker
+            .verify(&sign("secret", &json!({"alg": "HS512"}), &claims))
+            .status,
         401
     );
     // The wrong secret.
     assert_eq!(
-        verify_status(&broker, &sign("not-the-secret", &header, &claims)),
+        broker
+            .verify(&sign("not-the-secret", &header, &claims))
+            .status,
         401
     );
     // Expired, wrong issuer, missing claims, unknown user.
     let expired = json!({"sub": "bob", "iat": now() - 100, "exp": now() - 1, "iss": "Broker"});
     assert_eq!(
-        verify_status(&broker, &sign("secret", &header, &expired)),
+        broker.verify(&sign("secret", &header, &expired)).status,
         401
     );
     let issuer = json!({"sub": "bob", "iat": now(), "exp": now() + 60, "iss": "Other"});
+    assert_eq!(broker.verify(&sign("secret", &header, &issuer)).status, 401);
     assert_eq!(
-        verify_status(&broker, &sign("secret", &header, &issuer)),
-        401
-    );
-    assert_eq!(
-        verify_status(&broker, &sign("secret", &header, &json!({"sub": "bob"}))),
+        broker
+            .verify(&sign("secret", &header, &json!({"sub": "bob"})))
+            .status,
         401
     );
     let ghost = json!({"sub": "ghost", "iat": now(), "exp": now() + 60, "iss": "Broker"});
-    assert_eq!(
-        verify_status(&broker, &sign("secret", &header, &ghost)),
-        401
-    );
+    assert_eq!(broker.verify(&sign("secret", &header, &ghost)).status, 401);
     for garbage in ["", "a", "a.b", "a.b.c", "...", "ü.ü.ü", &"A".repeat(5000)] {
-        assert_eq!(verify_status(&broker, garbage), 401, "{garbage:?}");
+        assert_eq!(broker.verify(garbage).status, 401, "{garbage:?}");
     }
 }
 
@@ -140,8 +134,8 @@ fn a_token_from_another_secret_is_refused() {
     one.create_user("bob", "pw", "t1");
     two.create_user("bob", "pw", "t1");
     let jwt = one.login("bob", "pw");
-    assert_eq!(verify_status(&one, &jwt), 200);
-    assert_eq!(verify_status(&two, &jwt), 401);
+    assert_eq!(one.verify(&jwt).status, 200);
+    assert_eq!(two.verify(&jwt).status, 401);
 }
 
 #[test]
@@ -149,9 +143,9 @@ fn tokens_expire_after_jwt_expiry() {
     let broker = Broker::start(&["--jwt_expiry=1"]);
     broker.create_user("bob", "pw", "t1");
     let jwt = broker.login("bob", "pw");
-    assert_eq!(verify_status(&broker, &jwt), 200);
+    assert_eq!(broker.verify(&jwt).status, 200);
     std::thread::sleep(Duration::from_millis(2100));
-    let reply = broker.get("/verify", &[("Authorization", &bearer(&jwt))]);
+    let reply = broker.verify(&jwt);
     reply.assert_error(401);
     assert!(reply.json()["error"].as_str().unwrap().contains("expired"));
 }

@@ -142,25 +142,13 @@ fn a_password_change_invalidates_earlier_jwts() {
     let old = broker.login("bob", "old");
     let update = json!({"admin_token": ADMIN, "username": "bob", "password": "new"});
     assert_eq!(broker.post("/update_user", &update).status, 200);
-    broker
-        .get("/verify", &[("Authorization", &bearer(&old))])
-        .assert_error(401);
+    broker.verify(&old).assert_error(401);
     let fresh = broker.login("bob", "new");
-    assert_eq!(
-        broker
-            .get("/verify", &[("Authorization", &bearer(&fresh))])
-            .status,
-        200
-    );
+    assert_eq!(broker.verify(&fresh).status, 200);
     // A data change alone leaves tokens valid.
     let update = json!({"admin_token": ADMIN, "username": "bob", "data": {"x": 1}});
     assert_eq!(broker.post("/update_user", &update).status, 200);
-    assert_eq!(
-        broker
-            .get("/verify", &[("Authorization", &bearer(&fresh))])
-            .status,
-        200
-    );
+    assert_eq!(broker.verify(&fresh).status, 200);
 }
 
 #[test]

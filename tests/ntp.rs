@@ -93,12 +93,7 @@ fn a_token_valid_by_local_time_but_expired_by_ntp_time_is_refused() {
     let local = Broker::start(&["--jwt_expiry=1800", "--jwt_secret=shared"]);
     local.create_user("bob", "pw", "t1");
     let jwt = local.login("bob", "pw");
-    assert_eq!(
-        local
-            .get("/verify", &[("Authorization", &bearer(&jwt))])
-            .status,
-        200
-    );
+    assert_eq!(local.verify(&jwt).status, 200);
     // ...which a broker whose NTP clock is an hour ahead sees as expired.
     let port = sntp_server(SKEW);
     let ntp = Broker::start(&[
@@ -106,7 +101,7 @@ fn a_token_valid_by_local_time_but_expired_by_ntp_time_is_refused() {
         "--jwt_secret=shared",
     ]);
     ntp.create_user("bob", "pw", "t1");
-    let reply = ntp.get("/verify", &[("Authorization", &bearer(&jwt))]);
+    let reply = ntp.verify(&jwt);
     reply.assert_error(401);
     assert!(reply.json()["error"].as_str().unwrap().contains("expired"));
 }

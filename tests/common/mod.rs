@@ -459,6 +459,11 @@ impl Client {
         self.request("POST", path, &all, body.to_string().as_bytes())
     }
 
+    /// `GET /verify` with a JWT: 200 while the token is good.
+    pub fn verify(&self, jwt: &str) -> Reply {
+        self.get("/verify", &[("Authorization", &bearer(jwt))])
+    }
+
     /// An admin call naming one user (revoke_user, unrevoke_user, get_user …).
     pub fn admin(&self, path: &str, username: &str) -> Reply {
         self.post(path, &json!({"admin_token": ADMIN, "username": username}))
