@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use hyper::header::{AUTHORIZATION, HeaderMap};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::{collections::HashMap, net::IpAddr, sync::Mutex};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, sync::Mutex};
 use tokio::sync::Semaphore;
 
 /// Argon2 work, for the blocking pool.
@@ -31,15 +31,16 @@ pub struct Auth {
     config: Config,
     /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
-    argon_running: Semaphore,
-    /// Bounds the requests waiting for `argon_running`.
-    argon_queue: Semaphore,
+    argon_running: Arc<Semaphore>,
+    /// Bounds the requests waiting for `argon_running` or running.
+    argon_queue: Arc<Semaphore>,
     /// username → digest (an HMAC keyed by the JWT secret) of a Basic
     /// password that matched the stored hash, so repeated Basic requests skip
     /// Argon2. The digest covers the hash too: after a password change an old
     /// entry can never match.
     verified: Mutex<HashMap<String, Vec<u8>>>,
-    /// The current minute, and the failed checks of each client address in it.
+    /// The current minute, and the password checks of each client address
+    /// in it that did not pass (or have not passed yet).
     failures: Mutex<(u64, HashMap<IpAddr, u64>)>,
     /// A real hash to check when the user does not exist, so a wrong
     /// username takes as long as a wrong password.
@@ -55,9 +56,9 @@ impl Auth {
         Ok(Auth {
             store,
             config,
-            argon_running: Semaphore::new(cores),
+            argon_running: Arc::new(Semaphore::new(cores)),
             // At most 64 requests wait; more are refused with 503.
-            argon_queue: Semaphore::new(64),
+            argon_queue: Arc::new(Semaphore::new(64)),
             verified: Mutex::default(),
             failures: Mutex::default(),
             decoy,
@@ -145,9 +146,12 @@ impl Auth {
     }
 
     /// Checks a username and password from `address`; either one wrong is
-    /// the same 401, and counts against the address's `--login_limit`.
+    /// the same 401. The check counts against the address's `--login_limit`
+    /// before it runs, so parallel guesses cannot overshoot the limit, and
+    /// is given back only once it has passed: a client that hangs up
+    /// mid-check has failed.
     pub async fn login(&self, address: IpAddr, name: &str, password: &str) -> Result<User, Error> {
-        self.limit(address, 0)?;
+        self.attempt(address)?;
         let wrong = || Error::Unauthorized("wrong username or password".into());
         let stored = self.store.user(name)?.map(|user| user.password);
         let stored = stored.unwrap_or_else(|| self.decoy.clone());
@@ -158,7 +162,6 @@ impl Auth {
         let cached = lock(&self.verified).get(name) == Some(&digest);
         let (given, hash) = (password.to_string(), stored.clone());
         if !cached && !self.argon(move || verify(&given, &hash)).await? {
-            let _ = self.limit(address, 1);
             return Err(wrong());
         }
         // Read again after the wait: a change that landed meanwhile wins.
@@ -167,6 +170,7 @@ impl Auth {
         let user = allowed(user.ok_or_else(wrong)?)?;
         // Only users that exist get here: the cache is bounded by them.
         lock(&self.verified).insert(name.to_string(), digest);
+        self.forgive(address);
         Ok(user)
     }
 
@@ -178,21 +182,29 @@ impl Auth {
         self.argon(move || hash(&password)).await?
     }
 
-    /// Counts `failed` more failed checks of `address` in this minute, and
-    /// refuses the address once it has failed `--login_limit` of them. The
-    /// table starts over each minute, so it stays small.
-    fn limit(&self, address: IpAddr, failed: u64) -> Result<(), Error> {
+    /// Counts a password check of `address` in this minute, or refuses it
+    /// once `--login_limit` of them have not passed. The table starts over
+    /// each minute, so it stays small.
+    fn attempt(&self, address: IpAddr) -> Result<(), Error> {
         let minute = crate::clock::now_ms() / 60_000;
         let mut table = lock(&self.failures);
         // At most 100 000 addresses: one with many cannot grow it unbounded.
         if table.0 != minute || table.1.len() >= 100_000 {
             *table = (minute, HashMap::new());
         }
-        let count = table.1.entry(address).or_default();
-        *count += failed;
-        let allowed = *count < self.config.login_limit;
-        let refused = || Error::TooMany("too many failed password checks".into(), 60);
-        allowed.then_some(()).ok_or_else(refused)
+        let count = table.1.entry(client(address)).or_default();
+        if *count >= self.config.login_limit {
+            return Err(Error::TooMany("too many failed password checks".into(), 60));
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    /// Gives back the count of a check that passed.
+    fn forgive(&self, address: IpAddr) {
+        if let Some(count) = lock(&self.failures).1.get_mut(&client(address)) {
+            *count = count.saturating_sub(1);
+        }
     }
 
     /// A fingerprint of the user's password hash, for the `cred` claim. The
@@ -206,10 +218,29 @@ impl Auth {
     /// the queue full, answers 503 at once.
     async fn argon<T: Send + 'static>(&self, work: impl Job<T>) -> Result<T, Error> {
         let busy = || Error::Unavailable("too many password checks at once".into());
-        let _queued = self.argon_queue.try_acquire().map_err(|_| busy())?;
-        let _running = self.argon_running.acquire().await;
-        let done = tokio::task::spawn_blocking(work).await;
+        let queued = self
+            .argon_queue
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
+        let running = self.argon_running.clone().acquire_owned().await;
+        // The job holds its places until the hash is done, even if the
+        // client hung up and dropped this future: the bound stays exact.
+        let done = tokio::task::spawn_blocking(move || {
+            let _places = (queued, running);
+            work()
+        });
+        let done = done.await;
         done.map_err(|_| Error::Internal("password hashing failed".into()))
+    }
+}
+
+/// The client a limit counts: an IPv6 client by its /64, the block one
+/// host usually has whole, so that rotating addresses does not escape it.
+fn client(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(address) => IpAddr::V6((address.to_bits() & !0 << 64).into()),
+        address => address,
     }
 }
 

@@ -15,9 +15,10 @@ pub fn now_ms() -> u64 {
     (local + OFFSET_MS.load(Relaxed)).max(0) as u64
 }
 
-/// Measures the offset against the first of `servers` (`host[:port]`,
-/// comma-separated) that answers within a second, now and then every
-/// `interval` seconds. Start-up waits two seconds at most for the first
+/// Measures the offset against `servers` (`host[:port]`, comma-separated),
+/// now and then every `interval` seconds: the median of those that answer
+/// within a second, so that one wrong or hostile server cannot move the
+/// clock (with two, the larger offset; with one, its own). Start-up waits two seconds at most for the first
 /// measurement. Every correction is logged; a failure only after a success
 /// (or at start), so a dead server list costs one line, not one an hour.
 pub fn start(servers: &str, interval: u64) {
@@ -28,9 +29,13 @@ pub fn start(servers: &str, interval: u64) {
         let client = rsntp::SntpClient::with_config(config);
         let mut synced = true;
         loop {
-            let mut answers = servers.iter().map(|server| client.synchronize(server));
-            let answer = answers.find_map(Result::ok);
-            let offset = answer.map(|answer| answer.clock_offset().as_secs_f64() * 1000.0);
+            let answers = servers
+                .iter()
+                .filter_map(|server| client.synchronize(server).ok());
+            let offsets = answers.map(|answer| answer.clock_offset().as_secs_f64() * 1000.0);
+            let mut offsets: Vec<f64> = offsets.collect();
+            offsets.sort_by(f64::total_cmp);
+            let offset = offsets.get(offsets.len() / 2).copied();
             if let Some(offset) = offset {
                 OFFSET_MS.store(offset as i64, Relaxed);
                 eprintln!("ntp: clock corrected, offset {} ms", offset as i64);

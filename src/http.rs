@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::{convert::Infallible, io::Write as _, net::IpAddr, sync::Arc, time::Duration};
+use tokio::task::block_in_place;
 
 type HttpRequest = Request<hyper::body::Incoming>;
 /// A response, or the refusal sent instead; `?` turns any `Error` into one.
@@ -69,7 +70,9 @@ async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str)
     match (request.method(), path) {
         (&Method::OPTIONS, _) => Ok(respond(StatusCode::NO_CONTENT, Body::default(), PREFLIGHT)),
         // Health: 200 while storage writes, 503 while it cannot.
-        (&Method::GET | &Method::HEAD, "/") if state.store.healthy() => ok(json!({"status": "ok"})),
+        (&Method::GET | &Method::HEAD, "/") if block_in_place(|| state.store.healthy()) => {
+            ok(json!({"status": "ok"}))
+        }
         (&Method::GET | &Method::HEAD, "/") => Err(Error::Unavailable("no storage".into()).into()),
         (&Method::POST, "/login") => login(state, address, request).await,
         (&Method::GET, "/sse") => stream(state, address, request).await,
@@ -208,14 +211,13 @@ async fn verify(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 
 async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let caller = state.auth.authenticate(address, request.headers()).await?;
-    let tenant = caller.user.tenant_name;
     let event: Event = fields(json_body(state, request).await?)?;
     // Printable ASCII keeps each frame pure ASCII with one line per field.
     let name = event.event.as_bytes();
     let printable = name.iter().all(|byte| (b' '..=b'~').contains(byte));
     let valid = (1..=256).contains(&name.len()) && printable;
     check(valid, "event must be 1-256 printable ASCII characters")?;
-    ok(state.store.insert(Event { tenant, ..event })?)
+    ok(block_in_place(|| state.store.insert(&caller.user, event))?)
 }
 
 async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
@@ -224,7 +226,7 @@ async fn stream(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let invalid = || Error::Invalid("Last-Event-ID must be a number".into());
     let after = request.headers().get("last-event-id").map(number);
     let after = after.map(|id| id.ok_or_else(invalid)).transpose()?;
-    let body = state.store.subscribe(&caller, after)?;
+    let body = block_in_place(|| state.store.subscribe(&caller, after))?;
     Ok(respond(StatusCode::OK, body, hub::HEADERS))
 }
 
@@ -248,7 +250,7 @@ async fn write_user(state: &State, request: HttpRequest, create: bool) -> Reply 
     if let Some(password) = changes.password {
         changes.password = Some(state.auth.hash(password).await?);
     }
-    ok(state.store.write_user(changes, create)?)
+    ok(block_in_place(|| state.store.write_user(changes, create))?)
 }
 
 async fn set_revoked(state: &State, request: HttpRequest, revoked: bool) -> Reply {
@@ -260,7 +262,7 @@ async fn set_revoked(state: &State, request: HttpRequest, revoked: bool) -> Repl
         revoked,
         ..Changes::default()
     };
-    ok(state.store.write_user(changes, false)?)
+    ok(block_in_place(|| state.store.write_user(changes, false))?)
 }
 
 async fn get_user(state: &State, request: HttpRequest) -> Reply {

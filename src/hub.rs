@@ -54,25 +54,41 @@ pub struct Hub {
     limit: usize,
 }
 
-/// One open stream. It leaves the hub only by being dropped from its list,
-/// which drops its sender and so ends the response cleanly once what is
-/// queued has been written: the chunked terminator, which broker-client
-/// reports with `onclose`, never a cut connection.
+/// One open stream. It stays in the hub until its response body is gone,
+/// so it counts toward `--max_streams` until the client has really seen its
+/// end. Ending it (`end`) stops the body before its next frame, backlog or
+/// live alike, and the response ends cleanly: the chunked terminator, which
+/// broker-client reports with `onclose`, never a cut connection.
 struct Subscriber {
     username: String,
     /// Unix time at which the stream's JWT expires; Basic streams never do.
     expires: Option<u64>,
     frames: UnboundedSender<Bytes>,
-    /// Bytes sent but not yet taken by the response body.
+    /// Bytes sent but not yet taken by the response body, or about `ENDED`
+    /// once the stream is to end.
     queued: Arc<AtomicUsize>,
 }
 
+/// What `queued` is set to when a stream is to end. A stream counts as ended
+/// from `ENDED / 2` up: far above any real queue, and far from both ends of
+/// `usize`, so frames still added or taken never carry it across.
+const ENDED: usize = usize::MAX / 2;
+
 impl Subscriber {
-    /// Queues a frame; `false` if the stream is gone or over its limit, and
-    /// should be dropped.
-    fn send(&self, frame: Bytes) -> bool {
+    /// Queues a frame; a stream over its limit is ended instead.
+    fn send(&self, frame: Bytes) {
         let queued = self.queued.fetch_add(frame.len(), Relaxed);
-        queued < QUEUE_LIMIT && self.frames.send(frame).is_ok()
+        if queued >= QUEUE_LIMIT || self.frames.send(frame).is_err() {
+            self.end();
+        }
+    }
+
+    /// Ends the stream after the frame it is writing. The empty frame wakes
+    /// a body waiting for live ones; it is never written.
+    fn end(&self) {
+        if self.queued.swap(ENDED, Relaxed) < ENDED / 2 {
+            let _ = self.frames.send(Bytes::new());
+        }
     }
 }
 
@@ -83,8 +99,8 @@ impl Hub {
     }
 
     /// Opens a stream of `username` in `tenant`: the body of its response,
-    /// the backlog and then live frames. `None` if the user already holds
-    /// `--max_streams` open streams.
+    /// the backlog and then live frames. Refused if the user already holds
+    /// `--max_streams` streams whose responses have not ended.
     pub fn subscribe(
         &self,
         tenant: &str,
@@ -97,8 +113,8 @@ impl Hub {
     ) -> Result<Body, Error> {
         let mut tenants = lock(&self.tenants);
         let subscribers = tenants.entry(tenant.to_string()).or_default();
-        let open = |other: &&Subscriber| other.username == username && !other.frames.is_closed();
-        if subscribers.iter().filter(open).count() >= self.limit {
+        let mine = |other: &&Subscriber| other.username == username && !other.frames.is_closed();
+        if subscribers.iter().filter(mine).count() >= self.limit {
             let reason = "too many open streams for this user";
             return Err(Error::TooMany(reason.into(), 10));
         }
@@ -111,6 +127,9 @@ impl Hub {
         });
         let all = tokio_stream::iter(backlog).chain(live);
         let all = all.map_while(|frame| frame);
+        // Checked before every frame, so an ended stream sends nothing more.
+        let state = queued.clone();
+        let all = all.take_while(move |_| state.load(Relaxed) < ENDED / 2);
         let body = StreamBody::new(all.map(|frame| Ok(Frame::data(frame))));
         subscribers.push(Subscriber {
             username: username.to_string(),
@@ -122,42 +141,52 @@ impl Hub {
     }
 
     /// Hands one frame to every stream of the tenant; the `Bytes` is shared,
-    /// never copied. A stream that is gone or too far behind is dropped.
+    /// never copied. A stream too far behind is ended.
     pub fn publish(&self, tenant: &str, frame: Bytes) {
-        if let Some(subscribers) = lock(&self.tenants).get_mut(tenant) {
-            subscribers.retain(|subscriber| subscriber.send(frame.clone()));
+        for subscriber in lock(&self.tenants).get(tenant).into_iter().flatten() {
+            subscriber.send(frame.clone());
         }
     }
 
     /// Ends every stream of a user.
     pub fn disconnect(&self, username: &str) {
-        self.retain(|subscriber| subscriber.username != username);
+        self.sweep(|subscriber| subscriber.username == username);
     }
 
     /// Ends every stream, for shutdown.
     pub fn close_all(&self) {
-        lock(&self.tenants).clear();
+        self.sweep(|_| true);
     }
 
-    /// Once a second: forget closed streams and end those whose JWT expired;
-    /// every `keep_alive` seconds, send a comment so proxies keep idle
-    /// streams open. One timer for all streams, none per connection.
+    /// Once a second: end the streams whose JWT expired and forget those
+    /// whose response is over; every `keep_alive` seconds, send a comment so
+    /// proxies keep idle streams open. One timer for all streams, none per
+    /// connection.
     pub async fn maintain(self, keep_alive: u64) {
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
         for tick in 1u64.. {
             ticks.tick().await;
             let now = crate::clock::now_ms() / 1000;
             let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
-            self.retain(|subscriber| {
-                let open = !subscriber.frames.is_closed() && (!ping || subscriber.send(PING));
-                open && subscriber.expires.is_none_or(|expires| expires > now)
+            self.sweep(|subscriber| {
+                if ping {
+                    subscriber.send(PING);
+                }
+                subscriber.expires.is_some_and(|expires| expires <= now)
             });
         }
     }
 
-    fn retain(&self, mut keep: impl FnMut(&Subscriber) -> bool) {
+    /// Ends every stream for which `ending` is true, and forgets the streams
+    /// whose response is over.
+    fn sweep(&self, ending: impl Fn(&Subscriber) -> bool) {
         lock(&self.tenants).retain(|_, subscribers| {
-            subscribers.retain(&mut keep);
+            subscribers.retain(|subscriber| {
+                if ending(subscriber) {
+                    subscriber.end();
+                }
+                !subscriber.frames.is_closed()
+            });
             !subscribers.is_empty()
         });
     }

@@ -14,6 +14,7 @@ use http::State;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::{process::ExitCode, sync::Arc, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -49,11 +50,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(flags: config::Config) -> Result<(), String> {
+    // Linux, systemd included, starts a process with a soft limit of 1024
+    // descriptors: raised to the hard limit, as Go does, so that streams do
+    // not hit a wall at about a thousand.
+    let files = rlimit::increase_nofile_limit(u64::MAX);
+    let files = files.map_err(|error| format!("cannot raise the file limit: {error}"))?;
+    eprintln!("broker: up to {files} open files");
     clock::start(&flags.ntp_servers, flags.ntp_interval.get());
     let hub = hub::Hub::new(flags.max_streams);
     let store = store::Store::open(&flags.db, flags.history, hub.clone())?;
     let tls = flags.secure.then(|| tls::acceptor(&flags)).transpose()?;
-    let listener = TcpListener::bind(("0.0.0.0", flags.port)).await;
+    // Dual-stack on [::], so IPv4 clients arrive as mapped addresses; on
+    // 0.0.0.0 alone where the host has no IPv6.
+    let dual_stack = SocketAddr::from((Ipv6Addr::UNSPECIFIED, flags.port));
+    let ipv4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, flags.port));
+    let listener = TcpListener::bind(&[dual_stack, ipv4][..]).await;
     let listener = listener.map_err(|error| format!("cannot listen: {error}"))?;
     tokio::spawn(hub.clone().maintain(flags.keep_alive));
     let address = listener.local_addr().map_err(|error| error.to_string())?;
@@ -94,6 +105,8 @@ async fn run(flags: config::Config) -> Result<(), String> {
 /// client alone.
 async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, drain: Watcher) {
     let Ok(peer) = tcp.peer_addr() else { return };
+    // An IPv4 client by its IPv4 address, in the log and the limits.
+    let client = peer.ip().to_canonical();
     let _ = tcp.set_nodelay(true);
     // A socket that accepts nothing for 10 s while a response waits to be
     // written is closed by the kernel: a client that stopped reading is
@@ -107,7 +120,7 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
             _ => return,
         },
     };
-    let service = service_fn(move |request| http::serve(state.clone(), peer.ip(), request));
+    let service = service_fn(move |request| http::serve(state.clone(), client, request));
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new());
     builder.header_read_timeout(HEADER_TIMEOUT);

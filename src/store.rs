@@ -54,6 +54,12 @@ impl User {
         user["password"] = json!("***");
         user
     }
+
+    /// What a request is authenticated under: a change to any of these ends
+    /// the user's streams and refuses what was authenticated before it.
+    fn credentials(&self) -> (&str, &str, bool) {
+        (&self.password, &self.tenant_name, self.revoked)
+    }
 }
 
 /// The fields of an admin call: a user to create, or changes to one (a
@@ -86,17 +92,17 @@ pub struct Caller {
     pub expires: Option<u64>,
 }
 
-/// An event as inserted: `tenant` is always the inserting user's.
+/// An event as inserted; its tenant is always the inserting user's.
 #[derive(Deserialize)]
 pub struct Event {
-    /// Never from the request body: the HTTP layer sets the caller's.
-    #[serde(skip)]
-    pub tenant: String,
     pub event: String,
     pub data: Value,
 }
 
-/// Cheap handle to the database, cloned into every request.
+/// Cheap handle to the database, cloned into every request. Whatever
+/// writes may wait on the disk (fjall's write backpressure, a slow or frozen
+/// disk) or on another write: async code calls it inside `block_in_place`,
+/// so that the other connections are served meanwhile.
 #[derive(Clone)]
 pub struct Store(Arc<Shared>);
 
@@ -191,13 +197,17 @@ impl Store {
         Ok(users.filter_map(Result::ok).collect())
     }
 
-    /// Appends an event to its tenant, publishes it to the tenant's streams
-    /// and returns its id. Writes wait for one another from id to
-    /// publication, so every stream sees ids in order.
-    pub fn insert(&self, event: Event) -> Result<Value, Error> {
+    /// Appends an event to the author's tenant, publishes it to the tenant's
+    /// streams and returns its id. Writes wait for one another from id to
+    /// publication, so every stream sees ids in order; and the author is
+    /// checked once more while they wait, so an event whose body arrived
+    /// after its author was revoked or moved is refused, never written to
+    /// the old tenant.
+    pub fn insert(&self, author: &User, event: Event) -> Result<Value, Error> {
         let mut writing = lock(&self.0.writing);
+        self.unchanged(author)?;
         let mut batch = self.0.db.batch();
-        let tenant = &event.tenant;
+        let tenant = &author.tenant_name;
         let id = self.last_id(&writing, tenant)? + 1;
         let key_of = |id: u64| key(tenant, &id.to_be_bytes());
         let frame = hub::frame(id, &event.event, &event.data);
@@ -213,9 +223,15 @@ impl Store {
         batch.insert(&self.0.latest, key_of(id), &*frame);
         batch.insert(&self.0.events, key_of(id), &*frame);
         // The event that falls out of the newest `--history` leaves the log,
-        // so disk use stays bounded whatever the number of inserts.
+        // so disk use stays bounded whatever the number of inserts. The
+        // tenant's first insert since start also removes whatever an earlier
+        // run with a larger `--history` kept.
         if self.0.history > 0 && id > self.0.history {
-            batch.remove_weak(&self.0.events, key_of(id - self.0.history));
+            let cut = id - self.0.history;
+            let from = if writing.contains_key(tenant) { cut } else { 0 };
+            for entry in self.0.events.range(key_of(from)..=key_of(cut)) {
+                batch.remove_weak(&self.0.events, entry.key()?);
+            }
         }
         batch.commit()?;
         writing.insert(tenant.clone(), id);
@@ -250,11 +266,20 @@ impl Store {
         // new password or tenant, or a revocation, ends them, and the client
         // authenticates again. JWTs and cached Basic credentials are bound
         // to the password hash, and every request reads the user afresh.
-        let credentials = |user: &User| (user.password.clone(), user.tenant_name.clone());
-        if user.revoked || old.is_some_and(|old| credentials(&old) != credentials(&user)) {
+        if old.is_some_and(|old| old.credentials() != user.credentials()) {
             self.0.hub.disconnect(&user.username);
         }
         Ok(json!({ "id": user.id }))
+    }
+
+    /// Refuses a user authenticated under credentials that have changed
+    /// since. Called under `writing`, which every change takes too.
+    fn unchanged(&self, user: &User) -> Result<(), Error> {
+        let now = self.user(&user.username)?;
+        if now.as_ref().map(User::credentials) != Some(user.credentials()) {
+            return Err(Error::Unauthorized("credentials changed".into()));
+        }
+        Ok(())
     }
 
     /// The newest id of a tenant: known, or the last key of its log (no scan).
@@ -274,22 +299,25 @@ impl Store {
     /// then live events. Writes wait meanwhile and the backlog is read from
     /// a snapshot, so nothing falls between the two or arrives twice.
     pub fn subscribe(&self, caller: &Caller, after: Option<u64>) -> Result<Body, Error> {
-        let (user, tenant) = (&caller.user, &caller.user.tenant_name);
+        let user = &caller.user;
+        let tenant = &user.tenant_name;
         let writing = lock(&self.0.writing);
         let upto = self.last_id(&writing, tenant)?;
         // Opened only if the user is still as authenticated: a credential
         // change waits for `writing`, and then ends the stream.
-        if self.user(&user.username)?.as_ref() != Some(user) {
-            return Err(Error::Unauthorized("credentials changed".into()));
-        }
-        let history = self.0.history;
+        self.unchanged(user)?;
         // A consistent view as of now: later events arrive live.
         let snapshot = self.0.db.snapshot();
-        let backlog = match after.filter(|after| history == 0 || after + history >= upto) {
-            Some(after) => {
-                let first = key(tenant, &(after.min(upto) + 1).to_be_bytes());
-                snapshot.range(&self.0.events, first..=key(tenant, &[0xff; 8]))
-            }
+        let next = |after: u64| key(tenant, &(after + 1).to_be_bytes());
+        // Replayed only if no event after `after` is missing: it is the
+        // newest, or the one after it is still kept. Otherwise the sync,
+        // never a silent gap.
+        let whole = |&after: &u64| {
+            let kept = |after| snapshot.contains_key(&self.0.events, next(after));
+            after == upto || after < upto && kept(after).unwrap_or(false)
+        };
+        let backlog = match after.filter(whole) {
+            Some(after) => snapshot.range(&self.0.events, next(after)..=key(tenant, &[0xff; 8])),
             None => snapshot.prefix(&self.0.latest, key(tenant, b"")),
         };
         // Frames are read as the stream is written, one at a time.

@@ -104,8 +104,20 @@ fn last_event_id_replays_everything_after_it_then_goes_live() {
     assert_eq!(stream.events(4)[3].id, 6);
     let mut from_zero = broker.sse(&[("Authorization", &bearer(&jwt)), ("Last-Event-ID", "0")]);
     assert_eq!(from_zero.events(6).len(), 6);
+    // A client ahead of the server (say, after a restore from a backup) gets
+    // the sync: the latest event of each name, here the one named "same".
     let mut ahead = broker.sse(&[("Authorization", &bearer(&jwt)), ("Last-Event-ID", "99")]);
+    assert_eq!(ahead.events(1)[0].id, 6);
     assert!(ahead.quiet_for(Duration::from_millis(200)));
+    // The newest id: nothing to replay, then live.
+    let mut newest = broker.sse(&[("Authorization", &bearer(&jwt)), ("Last-Event-ID", "6")]);
+    assert!(newest.quiet_for(Duration::from_millis(200)));
+    // The largest id a client can send is no overflow, only the sync.
+    let mut largest = broker.sse(&[
+        ("Authorization", &bearer(&jwt)),
+        ("Last-Event-ID", "18446744073709551615"),
+    ]);
+    assert_eq!(largest.events(1)[0].id, 6);
     broker
         .get(
             "/sse",
