@@ -81,6 +81,53 @@ fn history_keeps_the_newest_events_and_the_latest_of_every_name() {
     );
 }
 
+#[test]
+fn events_deleted_under_a_smaller_history_are_never_replayed_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let broker = Broker::start_on(&db, &["--history=3"]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    for n in 1..=10 {
+        broker.insert(&jwt, ["a", "b"][n % 2], &json!(n));
+    }
+    assert_eq!(broker.stop(), Some(0));
+    // A larger --history keeps more from now on, but events 1-7 are gone:
+    // a client that saw event 2 must not get 8, 9, 10 as if nothing was
+    // missing in between. It gets the sync, which makes it whole again.
+    let broker = Broker::start_on(&db, &["--history=10000"]);
+    let sync = owned(&[(9, "b"), (10, "a")]);
+    assert_eq!(backlog(&broker, &jwt, Some("2"), 2), sync);
+    assert_eq!(backlog(&broker, &jwt, Some("6"), 2), sync);
+    // Event 8 is kept: what follows 7 is whole, and is replayed.
+    let replay = owned(&[(8, "a"), (9, "b"), (10, "a")]);
+    assert_eq!(backlog(&broker, &jwt, Some("7"), 3), replay);
+}
+
+#[test]
+fn a_restart_with_a_smaller_history_deletes_the_excess() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let broker = Broker::start_on(&db, &["--history=0"]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    for n in 1..=10 {
+        broker.insert(&jwt, ["a", "b"][n % 2], &json!(n));
+    }
+    assert_eq!(broker.stop(), Some(0));
+    // Under --history=3 the next insert leaves 9, 10 and 11 in the log, and
+    // deletes everything older that the first run kept.
+    let broker = Broker::start_on(&db, &["--history=3"]);
+    assert_eq!(broker.insert(&jwt, "a", &json!(11)), 11);
+    assert_eq!(broker.stop(), Some(0));
+    let broker = Broker::start_on(&db, &["--history=0"]);
+    let sync = owned(&[(9, "b"), (11, "a")]);
+    assert_eq!(backlog(&broker, &jwt, Some("0"), 2), sync);
+    assert_eq!(backlog(&broker, &jwt, Some("7"), 2), sync);
+    let replay = owned(&[(9, "b"), (10, "a"), (11, "a")]);
+    assert_eq!(backlog(&broker, &jwt, Some("8"), 3), replay);
+}
+
 /// Bytes a directory takes on disk (allocated, so the journal's sparse
 /// preallocation does not count).
 fn size_of(path: &Path) -> u64 {
@@ -155,7 +202,7 @@ fn ten_thousand_tenants_stay_small_and_quick_to_stop_and_start() {
     }
     eprintln!("10 000 tenants written in {:?}", started.elapsed());
     let stopped = broker.stop_within(Duration::from_secs(10));
-    let stopped = stopped.expect("still running 10 s after SIGTERM");
+    let (stopped, _) = stopped.expect("still running 10 s after SIGTERM");
     let size = size_of(&db);
     eprintln!("clean shutdown took {stopped:?}; database {size} bytes");
     assert!(

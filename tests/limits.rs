@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use serde_json::json;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -161,4 +162,224 @@ fn an_origin_that_is_not_a_header_value_stops_start_up() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--origin"), "{stderr}");
+}
+
+/// A wrong-password login from `from`, closed by the client while the
+/// server is still checking it.
+fn abandoned_login(broker: &Broker, from: &str) {
+    let mut socket = broker.connect_from(from, None);
+    let body = json!({"username": "bob", "password": "wrong"}).to_string();
+    let headers = [("Content-Type", "application/json")];
+    socket
+        .write_all(&request_bytes("POST", "/login", &headers, body.as_bytes()))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(8));
+}
+
+#[test]
+fn parallel_wrong_passwords_cannot_overshoot_the_login_limit() {
+    let broker = Broker::start(&["--login_limit=20"]);
+    broker.create_user("bob", "right", "t1");
+    let port = broker.port;
+    let threads: Vec<_> = (0..60)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let client = Client { port, tls: None };
+                let body = json!({"username": "bob", "password": "wrong"});
+                client.post_from("127.0.0.4", "/login", &body).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let checked = statuses.iter().filter(|status| **status == 401).count();
+    let refused = statuses.iter().filter(|status| **status == 429).count();
+    eprintln!("60 parallel wrong logins, --login_limit=20: {checked} × 401, {refused} × 429");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(checked <= 20 + cores, "{checked} checked: {statuses:?}");
+    assert_eq!(checked + refused, 60, "{statuses:?}");
+}
+
+#[test]
+fn a_login_abandoned_mid_check_counts_as_a_failed_one() {
+    let broker = Broker::start(&["--login_limit=5"]);
+    broker.create_user("bob", "right", "t1");
+    for _ in 0..5 {
+        abandoned_login(&broker, "127.0.0.6");
+    }
+    // Every hash has ended by now; none of the five was answered.
+    std::thread::sleep(Duration::from_secs(1));
+    let right = json!({"username": "bob", "password": "right"});
+    broker
+        .post_from("127.0.0.6", "/login", &right)
+        .assert_error(429);
+    assert_eq!(broker.post_from("127.0.0.7", "/login", &right).status, 200);
+}
+
+#[test]
+fn basic_failures_count_and_the_lock_lifts_within_a_minute() {
+    let broker = Broker::start(&["--login_limit=3"]);
+    broker.create_user("bob", "right", "t1");
+    let wrong = basic("bob", "wrong");
+    for _ in 0..3 {
+        let headers = [("Authorization", wrong.as_str())];
+        let reply = broker.request_from("127.0.0.8", "GET", "/verify", &headers, b"");
+        reply.assert_error(401);
+    }
+    let right = json!({"username": "bob", "password": "right"});
+    let locked = broker.post_from("127.0.0.8", "/login", &right);
+    locked.assert_error(429);
+    // The count starts over with the next minute: the owner is back in at
+    // most a minute, having kept trying meanwhile.
+    let started = Instant::now();
+    while broker.post_from("127.0.0.8", "/login", &right).status == 429 {
+        assert!(
+            started.elapsed() < Duration::from_secs(61),
+            "still locked after a minute"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!("the lock lifted after {:?}", started.elapsed());
+}
+
+#[test]
+fn an_unknown_username_takes_as_long_as_a_wrong_password() {
+    let broker = Broker::start(&["--login_limit=1000"]);
+    broker.create_user("bob", "right", "t1");
+    let median = |username: &str| {
+        let mut times: Vec<Duration> = (0..7)
+            .map(|_| {
+                let body = json!({"username": username, "password": "wrong"});
+                let started = Instant::now();
+                broker.post("/login", &body).assert_error(401);
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[3]
+    };
+    let known = median("bob");
+    let unknown = median("nobody");
+    eprintln!("login with a wrong password: {known:?}; with an unknown username: {unknown:?}");
+    // Both pay for one Argon2 check (tens of milliseconds); without the
+    // decoy hash, an unknown name would answer in well under one.
+    assert!(known > Duration::from_millis(5), "{known:?}");
+    assert!(unknown * 2 > known, "unknown {unknown:?}, known {known:?}");
+}
+
+/// IPv6 addresses on the loopback device for one test, removed on drop.
+struct LoopbackAddresses(Vec<&'static str>);
+
+impl LoopbackAddresses {
+    fn add(addresses: &[&'static str]) -> LoopbackAddresses {
+        for address in addresses {
+            let status = std::process::Command::new("ip")
+                .args([
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{address}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success(), "adding {address} to lo needs root");
+        }
+        LoopbackAddresses(addresses.to_vec())
+    }
+}
+
+impl Drop for LoopbackAddresses {
+    fn drop(&mut self) {
+        for address in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["-6", "addr", "del", &format!("{address}/128"), "dev", "lo"])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn ipv6_clients_are_served_and_limited_by_their_64() {
+    let broker = Broker::start(&["--login_limit=4"]);
+    broker.create_user("bob", "right", "t1");
+    // Served over IPv6 as over IPv4, on the same port.
+    let right = json!({"username": "bob", "password": "right"});
+    assert_eq!(broker.post_from("::1", "/login", &right).status, 200);
+    // Two addresses of one /64 (one host) and one of another.
+    let _addresses = LoopbackAddresses::add(&[
+        "fd00:b0:0:1::2",
+        "fd00:b0:0:1::3",
+        "fd00:b0:0:1::4",
+        "fd00:b0:0:2::2",
+    ]);
+    let wrong = json!({"username": "bob", "password": "wrong"});
+    for from in ["fd00:b0:0:1::2", "fd00:b0:0:1::3"] {
+        for _ in 0..2 {
+            broker.post_from(from, "/login", &wrong).assert_error(401);
+        }
+    }
+    // Rotating addresses within the /64 does not escape the limit…
+    broker
+        .post_from("fd00:b0:0:1::2", "/login", &right)
+        .assert_error(429);
+    broker
+        .post_from("fd00:b0:0:1::4", "/login", &right)
+        .assert_error(429);
+    // …while another /64 is not affected.
+    assert_eq!(
+        broker.post_from("fd00:b0:0:2::2", "/login", &right).status,
+        200
+    );
+    // The log shows IPv4 clients as IPv4 addresses, IPv6 ones as they are.
+    assert!(broker.logged("127.0.0.1 POST /create_user 200"));
+    assert!(broker.logged("fd00:b0:0:1::3 POST /login 401"));
+}
+
+#[test]
+fn a_stream_counts_toward_max_streams_until_its_response_has_ended() {
+    let broker = Broker::start(&["--max_streams=1"]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    for n in 0..40 {
+        broker.insert(&jwt, "big", &json!(noise(900_000, n)));
+    }
+    // A stream that reads nothing: its backlog fills the socket and waits.
+    let mut stalled = broker.connect_from("127.0.0.1", Some(4096));
+    let request = format!(
+        "GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\nLast-Event-ID: 0\r\n\r\n"
+    );
+    stalled.write_all(request.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // A password change ends it, but its response cannot end before the
+    // client reads what is in flight: it still counts.
+    let change = json!({"admin_token": ADMIN, "username": "bob", "password": "new"});
+    assert_eq!(broker.post("/update_user", &change).status, 200);
+    let fresh = bearer(&broker.login("bob", "new"));
+    broker
+        .get("/sse", &[("Authorization", &fresh)])
+        .assert_error(429);
+    // Read, the old stream ends at once, with only what was in flight…
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = vec![0; 1 << 16];
+    while !received.ends_with(b"\r\n0\r\n\r\n") {
+        let read = stalled.read(&mut buffer).expect("the stream did not end");
+        assert!(read > 0, "the connection was cut, not ended");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    eprintln!(
+        "the ended stream sent {} bytes after the change",
+        received.len()
+    );
+    assert!(received.len() < 10_000_000, "{} bytes", received.len());
+    // …and then its place is free.
+    let started = Instant::now();
+    while broker.sse_status(&[("Authorization", &fresh)]) != 200 {
+        assert!(started.elapsed() < Duration::from_secs(3), "still counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -189,18 +189,119 @@ fn a_stream_ends_when_its_jwt_expires() {
     );
 }
 
+/// When each keep-alive comment arrived, over `span` of an idle stream.
+fn comments_within(stream: &mut Sse, span: Duration) -> Vec<Duration> {
+    let started = Instant::now();
+    let mut times = Vec::new();
+    while let Some(left) = span.checked_sub(started.elapsed()) {
+        if stream.quiet_for(left) {
+            break;
+        }
+        stream.read_chunk();
+        times.push(started.elapsed());
+    }
+    times
+}
+
 #[test]
 fn keep_alive_comments_arrive_at_the_interval() {
-    let broker = Broker::start(&["--keep_alive=1"]);
+    // The default (30 s), 2 s, and 0 (none), side by side for 32 s.
+    let runs: Vec<_> = [None, Some("--keep_alive=2"), Some("--keep_alive=0")]
+        .into_iter()
+        .map(|flag| {
+            std::thread::spawn(move || {
+                let broker = Broker::start(&flag.into_iter().collect::<Vec<_>>());
+                let jwt = user(&broker, "bob", "t1");
+                let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
+                let times = comments_within(&mut stream, Duration::from_secs(32));
+                assert!(stream.body.chunks(3).all(|comment| comment == b":\n\n"));
+                times
+            })
+        })
+        .collect();
+    let runs: Vec<_> = runs.into_iter().map(|run| run.join().unwrap()).collect();
+    let [default, two, none] = &runs[..] else {
+        unreachable!()
+    };
+    eprintln!("keep-alive comments: default {default:?}; 2 s {two:?}; 0 {none:?}");
+    // The first comment comes on the server's 30th tick, within a second of
+    // the stream's 30th second.
+    assert_eq!(default.len(), 1, "{default:?}");
+    assert!(default[0] > Duration::from_secs(28), "{default:?}");
+    assert!((14..=17).contains(&two.len()), "{two:?}");
+    for pair in two.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap > Duration::from_millis(1500) && gap < Duration::from_millis(2500));
+    }
+    assert!(none.is_empty(), "{none:?}");
+}
+
+#[test]
+fn ending_a_stream_ends_its_backlog_too() {
+    let broker = Broker::start(&[]);
     let jwt = user(&broker, "bob", "t1");
-    let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
+    for _ in 0..40 {
+        broker.insert(&jwt, "big", &json!("x".repeat(900_000)));
+    }
+    // A slow reader replaying 36 MB from the start.
+    let auth = bearer(&jwt);
+    let mut stream = broker.sse_small(1 << 16, &[("Authorization", &auth), ("Last-Event-ID", "0")]);
+    std::thread::sleep(Duration::from_secs(1));
     stream.read_chunk();
-    stream.read_chunk();
-    assert_eq!(stream.body, b":\n\n:\n\n");
-    let quiet = Broker::start(&["--keep_alive=0"]);
-    let jwt = user(&quiet, "bob", "t1");
-    let mut stream = quiet.sse(&[("Authorization", &bearer(&jwt))]);
-    assert!(stream.quiet_for(Duration::from_millis(2500)));
+    let before = stream.body.len();
+    assert_eq!(broker.admin("/revoke_user", "bob").status, 200);
+    let revoked = Instant::now();
+    // Read as fast as the client can: only what was already in flight
+    // arrives, then the end.
+    stream.wait_end(Duration::from_secs(5));
+    let after = stream.body.len() - before;
+    eprintln!(
+        "{before} bytes before the revocation, {after} after it, ended in {:?}",
+        revoked.elapsed()
+    );
+    assert!(after < 8_000_000, "{after} bytes after the revocation");
+    assert!(revoked.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn tenants_whose_names_are_prefixes_of_each_other_stay_apart() {
+    let broker = Broker::start(&[]);
+    let short = user(&broker, "bob", "t1");
+    let long = user(&broker, "carol", "t10");
+    broker.insert(&short, "a", &json!("t1"));
+    broker.insert(&long, "a", &json!("t10"));
+    broker.insert(&long, "b", &json!("t10"));
+    let events = |jwt: &str, last_event_id: Option<&str>, count: usize| {
+        let auth = bearer(jwt);
+        let mut headers = vec![("Authorization", auth.as_str())];
+        headers.extend(last_event_id.map(|id| ("Last-Event-ID", id)));
+        let mut stream = broker.sse(&headers);
+        let events: Vec<(u64, String, serde_json::Value)> = stream
+            .events(count)
+            .iter()
+            .map(|event| (event.id, event.event.clone(), event.data.clone()))
+            .collect();
+        assert!(
+            stream.quiet_for(Duration::from_millis(200)),
+            "more than {count}"
+        );
+        events
+    };
+    let t1 = vec![(1, "a".to_string(), json!("t1"))];
+    let t10 = vec![
+        (1, "a".to_string(), json!("t10")),
+        (2, "b".to_string(), json!("t10")),
+    ];
+    // The sync, and a replay from the start, of each.
+    assert_eq!(events(&short, None, 1), t1);
+    assert_eq!(events(&short, Some("0"), 1), t1);
+    assert_eq!(events(&long, None, 2), t10);
+    assert_eq!(events(&long, Some("0"), 2), t10);
+    // Live: t10's events never reach t1.
+    let mut stream = broker.sse(&[("Authorization", &bearer(&short))]);
+    stream.events(1);
+    broker.insert(&long, "a", &json!("t10 live"));
+    assert!(stream.quiet_for(Duration::from_millis(300)));
 }
 
 #[test]
@@ -217,10 +318,18 @@ fn a_subscriber_that_stops_reading_is_cut_off_without_slowing_others() {
         sender.send(count).unwrap();
     });
     let started = Instant::now();
+    let mut slowest = Duration::ZERO;
     for _ in 0..total {
+        let insert = Instant::now();
         broker.insert(&jwt, "bulk", &payload);
+        slowest = slowest.max(insert.elapsed());
     }
     let inserting = started.elapsed();
+    // No insert waits for the stalled stream: publishing never blocks.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an insert took {slowest:?}"
+    );
     assert_eq!(
         received.recv_timeout(Duration::from_secs(60)).unwrap(),
         total
@@ -239,7 +348,9 @@ fn a_subscriber_that_stops_reading_is_cut_off_without_slowing_others() {
             .enumerate()
             .all(|(index, event)| event.id == index as u64 + 1)
     );
-    eprintln!("{total} inserts of 64 KiB with a stalled subscriber took {inserting:?}");
+    eprintln!(
+        "{total} inserts of 64 KiB with a stalled subscriber took {inserting:?}, the slowest {slowest:?}"
+    );
 }
 
 #[test]

@@ -312,17 +312,37 @@ impl Broker {
         self.child.try_wait().unwrap().is_none()
     }
 
-    /// SIGTERM, then the time it took to exit, if it did within `limit`.
-    pub fn stop_within(mut self, limit: Duration) -> Option<Duration> {
+    /// SIGTERM, then the time it took to exit and its exit code, if it
+    /// exited within `limit`.
+    pub fn stop_within(self, limit: Duration) -> Option<(Duration, Option<i32>)> {
+        self.signal_within(libc::SIGTERM, limit)
+    }
+
+    /// As `stop_within`, with another signal.
+    pub fn signal_within(
+        mut self,
+        signal: i32,
+        limit: Duration,
+    ) -> Option<(Duration, Option<i32>)> {
         let started = std::time::Instant::now();
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        unsafe { libc::kill(self.pid(), signal) };
         while started.elapsed() < limit {
-            if self.child.try_wait().unwrap().is_some() {
-                return Some(started.elapsed());
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some((started.elapsed(), status.code()));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The number of threads of the process, from /proc.
+    pub fn threads(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("Threads:"))
+            .unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// SIGTERM, then wait for the exit; returns the exit status code.
@@ -349,18 +369,24 @@ impl Client {
         stream
     }
 
-    /// A TCP connection from the local address `from` (127.0.0.2 …), so
-    /// tests can act as different clients; with `receive_buffer`, a small
-    /// kernel receive buffer, to play a client that stops reading.
+    /// A TCP connection from the local address `from` (127.0.0.2 …, or an
+    /// IPv6 address, which connects to [::1]), so tests can act as different
+    /// clients; with `receive_buffer`, a small kernel receive buffer, to play
+    /// a client that stops reading.
     pub fn connect_from(&self, from: &str, receive_buffer: Option<usize>) -> TcpStream {
         use socket2::{Domain, Socket, Type};
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let local: std::net::IpAddr = from.parse().unwrap();
+        let (domain, server) = match local {
+            std::net::IpAddr::V4(_) => (Domain::IPV4, "127.0.0.1".parse().unwrap()),
+            std::net::IpAddr::V6(_) => (Domain::IPV6, "::1".parse().unwrap()),
+        };
+        let socket = Socket::new(domain, Type::STREAM, None).unwrap();
         if let Some(size) = receive_buffer {
             socket.set_recv_buffer_size(size).unwrap();
         }
-        let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+        let local = std::net::SocketAddr::new(local, 0);
         socket.bind(&local.into()).unwrap();
-        let server: std::net::SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let server = std::net::SocketAddr::new(server, self.port);
         socket.connect(&server.into()).unwrap();
         let stream: TcpStream = socket.into();
         stream
@@ -522,7 +548,20 @@ impl Client {
 
     /// Opens `/sse`; the status and headers are read, the body is left to `Sse`.
     pub fn sse(&self, headers: &[(&str, &str)]) -> Sse {
-        let (mut stream, tcp) = self.open();
+        let (stream, tcp) = self.open();
+        Client::sse_over(stream, tcp, headers)
+    }
+
+    /// As `sse`, over plain TCP with a kernel receive buffer of
+    /// `receive_buffer` bytes (which stops its growth): a client that reads
+    /// slowly holds no more than that.
+    pub fn sse_small(&self, receive_buffer: usize, headers: &[(&str, &str)]) -> Sse {
+        let tcp = self.connect_from("127.0.0.1", Some(receive_buffer));
+        let handle = tcp.try_clone().unwrap();
+        Client::sse_over(Box::new(tcp), handle, headers)
+    }
+
+    fn sse_over(mut stream: Box<dyn Io>, tcp: TcpStream, headers: &[(&str, &str)]) -> Sse {
         let mut request = "GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_string();
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
