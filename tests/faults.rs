@@ -187,6 +187,12 @@ fn a_full_disk_answers_503_and_heals_by_itself_without_losing_anything() {
     assert!(refused.is_some(), "writes kept succeeding on a full disk");
     let unhealthy = within(Duration::from_secs(3), || health(&broker) == 503);
     assert!(unhealthy.is_some(), "{}", events_of(&broker.log));
+    // Reads keep working meanwhile: credentials, streams and their sync.
+    assert_eq!(broker.verify(&jwt).status, 200);
+    let mut reading = broker.sse(&[("Authorization", &bearer(&jwt))]);
+    assert_eq!(reading.events(1).len(), 1);
+    let users = broker.post("/list_users", &json!({"admin_token": ADMIN}));
+    assert_eq!(users.status, 200);
     // It stays that way while the disk is full: no restart loop.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(health(&broker), 503);
@@ -209,6 +215,11 @@ fn a_full_disk_answers_503_and_heals_by_itself_without_losing_anything() {
     for n in &acknowledged {
         assert!(stored.contains(n), "acknowledged insert {n} is missing");
     }
+    // And nothing that was refused: a 503 leaves no trace.
+    for n in &stored {
+        assert!(acknowledged.contains(n), "refused insert {n} was stored");
+    }
+    assert!(stream.quiet_for(Duration::from_millis(300)));
     assert!(
         broker.logged("storage: cannot write"),
         "the failure was logged"
@@ -217,14 +228,21 @@ fn a_full_disk_answers_503_and_heals_by_itself_without_losing_anything() {
 
 #[test]
 fn sigterm_ends_the_process_within_10_s_even_with_storage_broken() {
-    let disk = Tmpfs::mount("24m");
+    let disk = Tmpfs::mount("48m");
     let broker = Broker::start_on(&disk.0.path().join("db"), &[]);
     broker.create_user("bob", "pw", "t1");
     let jwt = broker.login("bob", "pw");
-    // A stream that never reads, and a disk that cannot take a byte.
+    for n in 0..8 {
+        broker.insert(&jwt, "big", &json!(noise(900_000, n)));
+    }
+    // A stream that never reads, with megabytes of backlog waiting for it,
+    // and a disk that cannot take a byte.
     let mut stalled = broker.connect_from("127.0.0.1", Some(4096));
-    let request = format!("GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\n\r\n");
+    let request = format!(
+        "GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\nLast-Event-ID: 0\r\n\r\n"
+    );
     stalled.write_all(request.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     disk.fill();
     let mut n = 0;
     let broken = within(Duration::from_secs(20), || {
@@ -233,8 +251,213 @@ fn sigterm_ends_the_process_within_10_s_even_with_storage_broken() {
         broker.get("/", &[]).status == 503
     });
     assert!(broken.is_some());
-    let took = broker.stop_within(Duration::from_secs(10));
-    assert!(took.is_some(), "still running 10 s after SIGTERM");
+    let stopped = broker.stop_within(Duration::from_secs(10));
+    let (took, code) = stopped.expect("still running 10 s after SIGTERM");
+    eprintln!("stopped in {took:?} with status {code:?}");
+    assert_eq!(code, Some(0), "a clean stop");
+    drop(stalled);
+}
+
+#[test]
+fn abandoned_logins_keep_their_argon2_place_until_their_hash_ends() {
+    let broker = Broker::start(&["--login_limit=100000"]);
+    broker.create_user("bob", "pw", "t1");
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = broker.rss_kib();
+    let idle_threads = broker.threads();
+    // Samples RSS and threads from /proc every millisecond or two.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pid = broker.pid();
+    let sampling = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+                let field = |name: &str| -> u64 {
+                    let line = status.lines().find(|line| line.starts_with(name)).unwrap();
+                    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+                };
+                peak.0 = peak.0.max(field("VmRSS:"));
+                peak.1 = peak.1.max(field("Threads:"));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            peak
+        })
+    };
+    // Three waves of logins whose clients hang up 8 ms in.
+    for wave in [14, 13, 13] {
+        let sockets: Vec<_> = (0..wave)
+            .map(|_| {
+                let mut socket = broker.connect();
+                let body = json!({"username": "bob", "password": "wrong"}).to_string();
+                let headers = [("Content-Type", "application/json")];
+                let request = request_bytes("POST", "/login", &headers, body.as_bytes());
+                socket.write_all(&request).unwrap();
+                socket
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(8));
+        drop(sockets);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (peak_rss, peak_threads) = sampling.join().unwrap();
+    eprintln!(
+        "40 abandoned logins in three waves: peak RSS {} MiB (idle {} MiB), peak threads {peak_threads} (idle {idle_threads})",
+        peak_rss / 1024,
+        idle_rss / 1024
+    );
+    // At most one hash per core at a time, 19 MiB each, however many
+    // clients hang up: the place is the job's until its hash is done.
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    assert!(
+        peak_threads <= idle_threads + cores + 1,
+        "threads {idle_threads} -> {peak_threads}"
+    );
+    assert!(
+        peak_rss <= idle_rss + (cores + 1) * 20 * 1024,
+        "RSS {idle_rss} -> {peak_rss} KiB"
+    );
+    // And each abandoned check counted as a failed one.
+    broker.login("bob", "pw");
+}
+
+/// An ext4 filesystem on a loop device, mounted for one test (tests run
+/// as root), that can be frozen: every write to it then waits, as on a
+/// disk that has stopped answering. Thawed and unmounted on drop.
+struct FreezableDisk {
+    dir: tempfile::TempDir,
+    _image: tempfile::TempDir,
+}
+
+impl FreezableDisk {
+    fn mount() -> FreezableDisk {
+        let image = tempfile::tempdir().unwrap();
+        let file = image.path().join("disk.img");
+        let run = |command: &mut Command| assert!(command.status().unwrap().success());
+        run(Command::new("truncate").args(["-s", "512M"]).arg(&file));
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&file));
+        let dir = tempfile::tempdir().unwrap();
+        run(Command::new("mount")
+            .args(["-o", "loop,noatime"])
+            .arg(&file)
+            .arg(dir.path()));
+        FreezableDisk { dir, _image: image }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        let flag = if frozen { "--freeze" } else { "--unfreeze" };
+        let status = Command::new("fsfreeze")
+            .arg(flag)
+            .arg(self.dir.path())
+            .status();
+        assert!(status.unwrap().success());
+    }
+}
+
+impl Drop for FreezableDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(self.dir.path())
+            .status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_write_waiting_on_the_disk_does_not_stop_other_requests() {
+    let disk = FreezableDisk::mount();
+    let broker = Broker::start_on(&disk.dir.path().join("db"), &[]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    broker.insert(&jwt, "before", &json!(0));
+    disk.freeze(true);
+    // More inserts than the server has workers; each waits on the disk (or
+    // on the one that does).
+    let port = broker.port;
+    let inserts: Vec<_> = (0..6)
+        .map(|n| {
+            let jwt = jwt.clone();
+            std::thread::spawn(move || {
+                let client = Client { port, tls: None };
+                insert_status(&client, &jwt, n).0
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Meanwhile, requests that need no write are served as usual.
+    let started = Instant::now();
+    let verified = std::thread::spawn(move || {
+        let client = Client { port, tls: None };
+        let reply = client.verify(&jwt);
+        (
+            reply.status,
+            client.request("OPTIONS", "/insert", &[], b"").status,
+        )
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let served = verified.is_finished();
+    disk.freeze(false);
+    let (verify, options) = verified.join().unwrap();
+    eprintln!(
+        "served in {:?} while the disk was frozen: {served}",
+        started.elapsed()
+    );
+    assert!(served, "a read waited for the frozen disk");
+    assert_eq!((verify, options), (200, 204));
+    // Thawed, the waiting inserts complete.
+    for insert in inserts {
+        assert_eq!(insert.join().unwrap(), 200);
+    }
+}
+
+#[test]
+fn an_insert_whose_body_arrives_after_a_credential_change_is_refused() {
+    let broker = Broker::start(&[]);
+    broker.create_user("alice", "pw", "t1");
+    let alice = broker.login("alice", "pw");
+    let mut watching = broker.sse(&[("Authorization", &bearer(&alice))]);
+    for (round, change) in [
+        json!({"path": "/revoke_user"}),
+        json!({"path": "/update_user", "tenant_name": "t2"}),
+        json!({"path": "/update_user", "password": "new"}),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("bob{round}");
+        broker.create_user(&name, "pw", "t1");
+        let jwt = broker.login(&name, "pw");
+        // The headers, authenticated at once; the body comes later.
+        let body = json!({"event": "late", "data": round}).to_string();
+        let head = format!(
+            "POST /insert HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut socket = broker.connect();
+        socket.write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut change_body = change.clone();
+        change_body.as_object_mut().unwrap().remove("path");
+        change_body["admin_token"] = json!(ADMIN);
+        change_body["username"] = json!(name);
+        let path = change["path"].as_str().unwrap();
+        assert_eq!(broker.post(path, &change_body).status, 200);
+        socket.write_all(body.as_bytes()).unwrap();
+        let reply = read_reply(&mut std::io::BufReader::new(socket));
+        reply.assert_error(401);
+        // Nothing reached the old tenant.
+        assert!(
+            watching.quiet_for(Duration::from_millis(300)),
+            "{change}: the event reached the old tenant"
+        );
+    }
 }
 
 #[test]
@@ -358,7 +581,7 @@ impl Drop for LoginFlood {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for thread in self.threads.drain(..) {
-            let _ = thread.join();
+            thread.join().expect("a flood thread panicked");
         }
     }
 }
@@ -397,6 +620,13 @@ fn credential_changes_win_over_authentications_in_flight() {
             String::from_utf8_lossy(&body).to_string()
         });
         std::thread::sleep(Duration::from_millis(50));
+        let streams_answered = || {
+            let log = broker.log.lock().unwrap();
+            log.iter()
+                .filter(|line| line.contains(" GET /sse "))
+                .count()
+        };
+        let answered_before = streams_answered();
         let mut body = change.clone();
         body.as_object_mut().unwrap().remove("path");
         body["admin_token"] = json!(ADMIN);
@@ -405,6 +635,15 @@ fn credential_changes_win_over_authentications_in_flight() {
             broker.post(change["path"].as_str().unwrap(), &body).status,
             200
         );
+        // A stream is logged once its authentication is done: so Bob's was
+        // still being authenticated when the change answered. (Not so for
+        // the password change, whose own Argon2 hash queues behind Bob's
+        // check: there the change lands on an open stream.)
+        let in_flight = streams_answered() == answered_before;
+        eprintln!("{change}: authentication in flight when it answered: {in_flight}");
+        if round != 1 {
+            assert!(in_flight, "{change}: Bob's stream was answered first");
+        }
         // After the change has answered, the tenant's news must not reach Bob.
         broker.insert(&alice, "secret", &json!({"round": round}));
         drop(flood);
