@@ -167,3 +167,22 @@ fn the_clock_is_corrected_again_in_the_background() {
     let after = claims(&broker.login("bob", "pw"))["iat"].as_f64().unwrap();
     assert!((after - local_now() - SKEW).abs() <= 5.0);
 }
+
+#[test]
+fn one_wrong_server_cannot_move_the_clock() {
+    // Listed first, a server five hours behind; the two others agree.
+    let liar = sntp_server(-5.0 * 3600.0);
+    let honest = [sntp_server(SKEW), sntp_server(SKEW)];
+    let servers = format!(
+        "--ntp_servers=127.0.0.1:{liar},127.0.0.1:{},127.0.0.1:{}",
+        honest[0], honest[1]
+    );
+    let broker = Broker::start(&[&servers]);
+    broker.create_user("bob", "pw", "t1");
+    let iat = claims(&broker.login("bob", "pw"))["iat"].as_f64().unwrap();
+    let skew = iat - local_now();
+    assert!(
+        (skew - SKEW).abs() <= 5.0,
+        "iat is {skew} s off the local clock, not the majority's {SKEW}"
+    );
+}

@@ -168,21 +168,25 @@ fn every_acknowledged_insert_survives_kill_9() {
 }
 
 #[test]
-fn sigterm_ends_streams_cleanly_and_exits_promptly() {
-    let broker = Broker::start(&[]);
-    broker.create_user("bob", "pw", "t1");
-    let jwt = broker.login("bob", "pw");
-    let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
-    let pid = broker.pid();
-    let started = Instant::now();
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    stream.wait_end(Duration::from_secs(5));
-    assert_eq!(broker.stop(), Some(0));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+fn sigterm_and_sigint_end_streams_cleanly_and_exit_promptly() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let broker = Broker::start(&[]);
+        broker.create_user("bob", "pw", "t1");
+        let jwt = broker.login("bob", "pw");
+        let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
+        let pid = broker.pid();
+        let started = Instant::now();
+        unsafe { libc::kill(pid, signal) };
+        stream.wait_end(Duration::from_secs(5));
+        let stopped = broker.signal_within(signal, Duration::from_secs(5));
+        let (_, code) = stopped.expect("still running 5 s after the signal");
+        assert_eq!(code, Some(0), "signal {signal}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }
 
 #[test]
@@ -202,6 +206,15 @@ fn hostile_requests_change_nothing_and_the_server_keeps_serving() {
     let mut slow = broker.connect();
     slow.write_all(b"POST /create_user HTTP/1.1\r\nHost: x\r\nContent-Le")
         .unwrap();
+    // One that never finishes its body is answered 408 after 10 s.
+    let mut late = broker.connect();
+    let head = "POST /create_user HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user";
+    late.write_all(head.as_bytes()).unwrap();
+    let late = std::thread::spawn(move || {
+        let started = Instant::now();
+        let reply = read_reply(&mut std::io::BufReader::new(late));
+        (reply, started.elapsed())
+    });
 
     let bodies: Vec<&[u8]> = vec![
         b"{",
@@ -243,11 +256,13 @@ fn hostile_requests_change_nothing_and_the_server_keeps_serving() {
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100_000)
     );
+    // A head over 64 KiB is answered 431.
+    let reply = broker.raw(huge_header.as_bytes());
+    assert_eq!(reply.status, 431, "{}", reply.head);
     let raw: Vec<Vec<u8>> = vec![
         b"GARBAGE\r\n\r\n".to_vec(),
         b"GET / HTTP/9.9\r\n\r\n".to_vec(),
         b"\x00\x01\x02\x03\r\n\r\n".to_vec(),
-        huge_header.into_bytes(),
         b"POST /insert HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".to_vec(),
         b"POST /insert HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
         b"POST /insert HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
@@ -284,6 +299,9 @@ fn hostile_requests_change_nothing_and_the_server_keeps_serving() {
     // Oversized bodies, with and without an honest Content-Length.
     let big = json!({"admin_token": ADMIN, "username": "eve", "password": "p", "tenant_name": "t", "data": "x".repeat(5000)});
     broker.post("/create_user", &big).assert_error(413);
+    let (reply, waited) = late.join().unwrap();
+    reply.assert_error(408);
+    assert!(waited >= Duration::from_secs(9), "{waited:?}");
 
     // Still serving, with nothing changed.
     assert_eq!(broker.get("/", &[]).status, 200);
