@@ -11,9 +11,10 @@ use crate::{config::Config, error::Error, error::lock};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as BASE64URL};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
+use headers::authorization::{Authorization, Basic, Bearer};
+use headers::{HeaderMap, HeaderMapExt};
 use hmac::{Hmac, Mac};
-use hyper::header::{AUTHORIZATION, HeaderMap};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::{collections::HashMap, net::IpAddr, sync::Arc, sync::Mutex};
@@ -42,18 +43,18 @@ pub struct Auth {
     /// The current minute, and the password checks of each client address
     /// in it that did not pass (or have not passed yet).
     failures: Mutex<(u64, HashMap<IpAddr, u64>)>,
-    /// A real hash to check when the user does not exist, so a wrong
-    /// username takes as long as a wrong password.
-    decoy: String,
 }
 
+/// A real hash, with the same parameters, to check when the user does not
+/// exist, so a wrong username takes as long as a wrong password. Its
+/// password was 244 random bits, thrown away; and even a match would find
+/// no user to log in.
+const DECOY: &str = "$argon2id$v=19$m=19456,t=2,p=1$VoPWsPTVSzCYVicTOsY+4A$GJX4XHrHQVy0q76DbLMrNYXLMiB8MAd8yo5q0+CJWfs";
+
 impl Auth {
-    pub fn new(config: Config, store: Store) -> Result<Auth, String> {
+    pub fn new(config: Config, store: Store) -> Auth {
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-        // The decoy's password: 122 random bits, through uuid's v4 generator.
-        let decoy = hash(&uuid::Uuid::new_v4().to_string());
-        let decoy = decoy.map_err(|_| "cannot compute Argon2 hashes")?;
-        Ok(Auth {
+        Auth {
             store,
             config,
             argon_running: Arc::new(Semaphore::new(cores)),
@@ -61,8 +62,7 @@ impl Auth {
             argon_queue: Arc::new(Semaphore::new(64)),
             verified: Mutex::default(),
             failures: Mutex::default(),
-            decoy,
-        })
+        }
     }
 
     /// Compares HMACs of both tokens (keyed by the JWT secret) in constant
@@ -117,61 +117,50 @@ impl Auth {
         if claims["iss"] != "Broker" || cred == Some(false) {
             return Err(Error::Unauthorized("token no longer valid".into()));
         }
-        let (user, expires) = (allowed(user)?, Some(expires));
-        Ok(Caller { user, expires })
+        allowed(user, Some(expires))
     }
 
-    /// Authenticates a request from the client at `peer` by its
-    /// `Authorization: Bearer …` or `Basic …` header.
-    pub async fn authenticate(&self, peer: IpAddr, headers: &HeaderMap) -> Result<Caller, Error> {
-        let invalid = |reason: &str| Error::Unauthorized(reason.into());
-        let header = headers.get(AUTHORIZATION).map(|header| header.to_str());
-        let header = header.ok_or_else(|| invalid("missing Authorization header"))?;
-        let header = header.map_err(|_| invalid("unreadable Authorization header"))?;
-        let (scheme, credentials) = header.split_once(' ').unwrap_or((header, ""));
-        let credentials = credentials.trim();
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return self.bearer(credentials);
+    /// Authenticates a request from `client` by its `Authorization: Bearer …`
+    /// or `Basic …` header (parsed by the `headers` crate).
+    pub async fn authenticate(&self, client: IpAddr, headers: &HeaderMap) -> Result<Caller, Error> {
+        if let Some(Authorization(bearer)) = headers.typed_get::<Authorization<Bearer>>() {
+            return self.bearer(bearer.token());
         }
-        if !scheme.eq_ignore_ascii_case("basic") {
-            return Err(invalid("unsupported Authorization scheme"));
-        }
-        let malformed = || invalid("malformed Basic credentials");
-        let decoded = STANDARD.decode(credentials).map_err(|_| malformed())?;
-        let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
         // The password is everything after the first colon, colons and all.
-        let (name, password) = decoded.split_once(':').ok_or_else(malformed)?;
-        let (user, expires) = (self.login(peer, name, password).await?, None);
-        Ok(Caller { user, expires })
+        let basic = headers.typed_get::<Authorization<Basic>>();
+        let missing = || Error::Unauthorized("no valid Bearer or Basic credentials".into());
+        let Authorization(basic) = basic.ok_or_else(missing)?;
+        self.login(client, basic.username(), basic.password()).await
     }
 
-    /// Checks a username and password from `address`; either one wrong is
-    /// the same 401. The check counts against the address's `--login_limit`
+    /// Checks a username and password from `client`; either one wrong is
+    /// the same 401. The check counts against the client's `--login_limit`
     /// before it runs, so parallel guesses cannot overshoot the limit, and
     /// is given back only once it has passed: a client that hangs up
     /// mid-check has failed.
-    pub async fn login(&self, address: IpAddr, name: &str, password: &str) -> Result<User, Error> {
-        self.attempt(address)?;
+    pub async fn login(&self, client: IpAddr, name: &str, password: &str) -> Result<Caller, Error> {
+        self.attempt(client)?;
         let wrong = || Error::Unauthorized("wrong username or password".into());
         let stored = self.store.user(name)?.map(|user| user.password);
-        let stored = stored.unwrap_or_else(|| self.decoy.clone());
-        // Length-prefixed parts, so ("ab", "c") and ("a", "bc") differ.
-        let message = [name, password, &stored].map(|part| format!("{}:{part}", part.len()));
-        let digest = hmac(&self.config.jwt_secret, &message.concat()).finalize();
+        let stored = stored.unwrap_or_else(|| DECOY.into());
+        // As JSON, so that ("ab", "c") and ("a", "bc") differ.
+        let message = json!([name, password, stored]).to_string();
+        let digest = hmac(&self.config.jwt_secret, &message).finalize();
         let digest = digest.into_bytes().to_vec();
         let cached = lock(&self.verified).get(name) == Some(&digest);
-        let (given, hash) = (password.to_string(), stored.clone());
+        let given = password.to_string();
+        let hash = stored.clone();
         if !cached && !self.argon(move || verify(&given, &hash)).await? {
             return Err(wrong());
         }
         // Read again after the wait: a change that landed meanwhile wins.
         let user = self.store.user(name)?;
         let user = user.filter(|user| user.password == stored);
-        let user = allowed(user.ok_or_else(wrong)?)?;
+        let caller = allowed(user.ok_or_else(wrong)?, None)?;
         // Only users that exist get here: the cache is bounded by them.
         lock(&self.verified).insert(name.to_string(), digest);
-        self.forgive(address);
-        Ok(user)
+        self.forgive(client);
+        Ok(caller)
     }
 
     /// Hashes a new password with Argon2id.
@@ -244,12 +233,13 @@ fn client(address: IpAddr) -> IpAddr {
     }
 }
 
-/// The one check of whether a known user may do anything at all.
-fn allowed(user: User) -> Result<User, Error> {
+/// The one check of whether a known user may do anything at all: the
+/// caller it makes, if so, whose JWT (if any) expires at `expires`.
+fn allowed(user: User, expires: Option<u64>) -> Result<Caller, Error> {
     if user.revoked {
         return Err(Error::Unauthorized("user is revoked".into()));
     }
-    Ok(user)
+    Ok(Caller { user, expires })
 }
 
 fn hmac(key: &str, message: &str) -> Hmac<sha2::Sha256> {
@@ -273,8 +263,8 @@ fn hash(password: &str) -> Result<String, Error> {
 }
 
 fn verify(password: &str, stored: &str) -> bool {
-    let (stored, argon2) = (PasswordHash::new(stored), argon2());
-    stored.is_ok_and(|hash| argon2.verify_password(password.as_bytes(), &hash).is_ok())
+    let stored = PasswordHash::new(stored);
+    stored.is_ok_and(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
 fn decode_json<T: DeserializeOwned>(part: &str) -> Option<T> {

@@ -29,13 +29,11 @@ pub fn start(servers: &str, interval: u64) {
         let client = rsntp::SntpClient::with_config(config);
         let mut synced = true;
         loop {
-            let answers = servers
-                .iter()
-                .filter_map(|server| client.synchronize(server).ok());
-            let offsets = answers.map(|answer| answer.clock_offset().as_secs_f64() * 1000.0);
-            let mut offsets: Vec<f64> = offsets.collect();
+            let answers = servers.iter().map(|server| client.synchronize(server));
+            let offsets = answers.flatten().map(|answer| answer.clock_offset());
+            let mut offsets: Vec<_> = offsets.map(|offset| offset.as_secs_f64()).collect();
             offsets.sort_by(f64::total_cmp);
-            let offset = offsets.get(offsets.len() / 2).copied();
+            let offset = offsets.get(offsets.len() / 2).map(|median| median * 1e3);
             if let Some(offset) = offset {
                 OFFSET_MS.store(offset as i64, Relaxed);
                 eprintln!("ntp: clock corrected, offset {} ms", offset as i64);

@@ -49,10 +49,10 @@ struct Credentials {
 /// status, milliseconds — never a body, token or password.
 pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> Served {
     let started = std::time::Instant::now();
-    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let asked = format!("{address} {} {}", request.method(), request.uri().path());
     // hyper keeps room for this future for the whole connection, idle
     // streams included; boxed, the endpoints' state is freed once answered.
-    let result = Box::pin(route(&state, address, request, &path)).await;
+    let result = Box::pin(route(&state, address, request)).await;
     let mut response = result.unwrap_or_else(|refusal| *refusal);
     let origin = state.flags.origin.clone();
     let headers = response.headers_mut();
@@ -60,14 +60,14 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
     let status = response.status().as_u16();
     let milliseconds = started.elapsed().as_secs_f64() * 1000.0;
     // One write per line: eprintln! would make a syscall per fragment.
-    let line = format!("{address} {method} {path} {status} {milliseconds:.1}ms\n");
+    let line = format!("{asked} {status} {milliseconds:.1}ms\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     Ok(response)
 }
 
-async fn route(state: &State, address: IpAddr, request: HttpRequest, path: &str) -> Reply {
+async fn route(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let wrong_method = || Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "wrong method"));
-    match (request.method(), path) {
+    match (request.method(), request.uri().path()) {
         (&Method::OPTIONS, _) => Ok(respond(StatusCode::NO_CONTENT, Body::default(), PREFLIGHT)),
         // Health: 200 while storage writes, 503 while it cannot.
         (&Method::GET | &Method::HEAD, "/") if block_in_place(|| state.store.healthy()) => {
@@ -196,16 +196,15 @@ fn check_email(email: Option<String>) -> Result<Option<String>, Error> {
 
 async fn login(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let Credentials { username, password } = fields(json_body(state, request).await?)?;
-    let user = state.auth.login(address, &username, &password).await?;
-    ok(json!({ "jwt": state.auth.issue(&user) }))
+    let caller = state.auth.login(address, &username, &password).await?;
+    ok(json!({ "jwt": state.auth.issue(&caller.user) }))
 }
 
 async fn verify(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let caller = state.auth.authenticate(address, request.headers()).await?;
     let mut user = json!(caller.user);
-    if let Value::Object(fields) = &mut user {
-        fields.remove("password");
-    }
+    // The user as the admin calls show it, but without the password field.
+    user.as_object_mut().map(|fields| fields.remove("password"));
     ok(user)
 }
 
@@ -241,12 +240,9 @@ async fn write_user(state: &State, request: HttpRequest, create: bool) -> Reply 
         changes.tenant_name.get_or_insert_default();
         changes.password.get_or_insert_default();
     }
-    if let Some(tenant) = &changes.tenant_name {
-        check_tenant(tenant)?;
-    }
-    if let Some(email) = changes.email {
-        changes.email = Some(check_email(email)?);
-    }
+    let tenant = changes.tenant_name.as_deref();
+    tenant.map(check_tenant).transpose()?;
+    changes.email = changes.email.map(check_email).transpose()?;
     if let Some(password) = changes.password {
         changes.password = Some(state.auth.hash(password).await?);
     }

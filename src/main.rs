@@ -70,7 +70,7 @@ async fn run(flags: config::Config) -> Result<(), String> {
     let address = listener.local_addr().map_err(|error| error.to_string())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("broker: serving {scheme} on port {}", address.port());
-    let auth = auth::Auth::new(flags.clone(), store.clone())?;
+    let auth = auth::Auth::new(flags.clone(), store.clone());
     let state = Arc::new(State { flags, store, auth });
     let graceful = GracefulShutdown::new();
     // SIGTERM (systemd) or SIGINT (Ctrl-C) starts a graceful shutdown.
