@@ -7,9 +7,7 @@
 //! included.
 
 use crate::store::{Caller, Store, User};
-use crate::{config::Config, error::Error, error::lock};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use crate::{config::Config, error::Error, error::ensure, error::lock};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use headers::authorization::{Authorization, Basic, Bearer};
@@ -71,10 +69,8 @@ impl Auth {
     pub fn check_admin(&self, token: &str) -> Result<(), Error> {
         let expected = hmac(&self.config.jwt_secret, &self.config.admin_token).finalize();
         let given = hmac(&self.config.jwt_secret, token);
-        if given.verify(&expected.into_bytes()).is_err() {
-            return Err(Error::Unauthorized("wrong admin_token".into()));
-        }
-        Ok(())
+        let wrong = |_| Error::Unauthorized("wrong admin_token".into());
+        given.verify(&expected.into_bytes()).map_err(wrong)
     }
 
     /// A signed JWT for `user`, valid for `--jwt_expiry` seconds of NTP time.
@@ -102,21 +98,18 @@ impl Auth {
         let header: Value = decode_json(header).ok_or_else(invalid)?;
         let signature = BASE64URL.decode(signature).map_err(|_| invalid())?;
         let mac = hmac(&self.config.jwt_secret, signed);
-        if header["alg"] != "HS256" || mac.verify_slice(&signature).is_err() {
-            return Err(invalid());
-        }
+        let signed_here = header["alg"] == "HS256" && mac.verify_slice(&signature).is_ok();
+        ensure(signed_here, invalid())?;
         let claims: Value = decode_json(claims).ok_or_else(invalid)?;
         let expires = claims["exp"].as_u64().ok_or_else(invalid)?;
-        if expires <= crate::clock::now_ms() / 1000 {
-            return Err(Error::Unauthorized("token expired".into()));
-        }
+        let now = crate::clock::now_ms() / 1000;
+        ensure(expires > now, Error::Unauthorized("token expired".into()))?;
         let user = claims["sub"].as_str().map(|name| self.store.user(name));
         let user = user.transpose()?.flatten().ok_or_else(invalid)?;
         let fingerprint = self.credential(&user);
         let cred = claims.get("cred").map(|cred| *cred == fingerprint);
-        if claims["iss"] != "Broker" || cred == Some(false) {
-            return Err(Error::Unauthorized("token no longer valid".into()));
-        }
+        let current = claims["iss"] == "Broker" && cred != Some(false);
+        ensure(current, Error::Unauthorized("token no longer valid".into()))?;
         allowed(user, Some(expires))
     }
 
@@ -150,7 +143,8 @@ impl Auth {
         let cached = lock(&self.verified).get(name) == Some(&digest);
         let given = password.to_string();
         let hash = stored.clone();
-        if !cached && !self.argon(move || verify(&given, &hash)).await? {
+        let check = move || password_auth::verify_password(given, &hash).is_ok();
+        if !cached && !self.argon(check).await? {
             return Err(wrong());
         }
         // Read again after the wait: a change that landed meanwhile wins.
@@ -163,12 +157,17 @@ impl Auth {
         Ok(caller)
     }
 
-    /// Hashes a new password with Argon2id.
+    /// Hashes a new password: Argon2id with argon2's default parameters,
+    /// which are OWASP's (19 MiB, 2 passes, 1 lane), and a fresh random
+    /// salt from the OS, through RustCrypto's `password-auth`.
     pub async fn hash(&self, password: String) -> Result<String, Error> {
-        if !(1..=1024).contains(&password.len()) {
-            return Err(Error::Invalid("password must be 1-1024 bytes".into()));
-        }
-        self.argon(move || hash(&password)).await?
+        let valid = (1..=1024).contains(&password.len());
+        ensure(
+            valid,
+            Error::Invalid("password must be 1-1024 bytes".into()),
+        )?;
+        self.argon(move || password_auth::generate_hash(password))
+            .await
     }
 
     /// Counts a password check of `address` in this minute, or refuses it
@@ -182,9 +181,8 @@ impl Auth {
             *table = (minute, HashMap::new());
         }
         let count = table.1.entry(client(address)).or_default();
-        if *count >= self.config.login_limit {
-            return Err(Error::TooMany("too many failed password checks".into(), 60));
-        }
+        let refused = Error::TooMany("too many failed password checks".into(), 60);
+        ensure(*count < self.config.login_limit, refused)?;
         *count += 1;
         Ok(())
     }
@@ -207,11 +205,8 @@ impl Auth {
     /// the queue full, answers 503 at once.
     async fn argon<T: Send + 'static>(&self, work: impl Job<T>) -> Result<T, Error> {
         let busy = || Error::Unavailable("too many password checks at once".into());
-        let queued = self
-            .argon_queue
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| busy())?;
+        let queued = self.argon_queue.clone().try_acquire_owned();
+        let queued = queued.map_err(|_| busy())?;
         let running = self.argon_running.clone().acquire_owned().await;
         // The job holds its places until the hash is done, even if the
         // client hung up and dropped this future: the bound stays exact.
@@ -236,9 +231,7 @@ fn client(address: IpAddr) -> IpAddr {
 /// The one check of whether a known user may do anything at all: the
 /// caller it makes, if so, whose JWT (if any) expires at `expires`.
 fn allowed(user: User, expires: Option<u64>) -> Result<Caller, Error> {
-    if user.revoked {
-        return Err(Error::Unauthorized("user is revoked".into()));
-    }
+    ensure(!user.revoked, Error::Unauthorized("user is revoked".into()))?;
     Ok(Caller { user, expires })
 }
 
@@ -246,25 +239,6 @@ fn hmac(key: &str, message: &str) -> Hmac<sha2::Sha256> {
     let mut mac = Hmac::new_from_slice(key.as_bytes()).expect("HMAC takes any key length");
     mac.update(message.as_bytes());
     mac
-}
-
-/// Argon2id with OWASP's parameters: 19 MiB, 2 passes, 1 lane.
-fn argon2() -> Argon2<'static> {
-    let params = Params::new(19456, 2, 1, None).expect("OWASP parameters are valid");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-}
-
-fn hash(password: &str) -> Result<String, Error> {
-    let failed = |_| Error::Internal("password hashing failed".into());
-    // A fresh random salt per hash, from the OS source via uuid v4.
-    let salt = SaltString::encode_b64(uuid::Uuid::new_v4().as_bytes()).map_err(failed)?;
-    let hash = argon2().hash_password(password.as_bytes(), &salt);
-    Ok(hash.map_err(failed)?.to_string())
-}
-
-fn verify(password: &str, stored: &str) -> bool {
-    let stored = PasswordHash::new(stored);
-    stored.is_ok_and(|hash| argon2().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
 fn decode_json<T: DeserializeOwned>(part: &str) -> Option<T> {

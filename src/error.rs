@@ -20,6 +20,11 @@ pub enum Error {
     Internal(String),
 }
 
+/// `Err(error)` unless `holds`: a rule, checked in one line.
+pub fn ensure(holds: bool, error: Error) -> Result<(), Error> {
+    if holds { Ok(()) } else { Err(error) }
+}
+
 /// Locks a mutex, ignoring poisoning: no critical section in Broker leaves
 /// data half-written in memory, so a panic elsewhere must not wedge the server.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

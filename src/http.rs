@@ -4,7 +4,7 @@
 use crate::auth::Auth;
 use crate::hub::{self, Body};
 use crate::store::{Changes, Event, MAX_USERNAME, Store, User};
-use crate::{config::Config, error::Error};
+use crate::{config::Config, error::Error, error::ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue, RETRY_AFTER};
@@ -54,9 +54,8 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
     // streams included; boxed, the endpoints' state is freed once answered.
     let result = Box::pin(route(&state, address, request)).await;
     let mut response = result.unwrap_or_else(|refusal| *refusal);
-    let origin = state.flags.origin.clone();
     let headers = response.headers_mut();
-    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, state.flags.origin.clone());
     let status = response.status().as_u16();
     let milliseconds = started.elapsed().as_secs_f64() * 1000.0;
     // One write per line: eprintln! would make a syscall per fragment.
@@ -70,9 +69,7 @@ async fn route(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     match (request.method(), request.uri().path()) {
         (&Method::OPTIONS, _) => Ok(respond(StatusCode::NO_CONTENT, Body::default(), PREFLIGHT)),
         // Health: 200 while storage writes, 503 while it cannot.
-        (&Method::GET | &Method::HEAD, "/") if block_in_place(|| state.store.healthy()) => {
-            ok(json!({"status": "ok"}))
-        }
+        (&Method::GET | &Method::HEAD, "/") if state.store.healthy() => ok(json!({"status": "ok"})),
         (&Method::GET | &Method::HEAD, "/") => Err(Error::Unavailable("no storage".into()).into()),
         (&Method::POST, "/login") => login(state, address, request).await,
         (&Method::GET, "/sse") => stream(state, address, request).await,
@@ -133,8 +130,9 @@ impl From<Error> for Refusal {
 }
 
 /// Reads a JSON body of at most `--max_body` bytes, arriving within ten
-/// seconds, like the headers.
-async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Refusal> {
+/// seconds, like the headers, as `T`: malformed JSON, or a missing or
+/// mistyped field, is a 400 saying so.
+async fn json_body<T: DeserializeOwned>(state: &State, request: HttpRequest) -> Result<T, Refusal> {
     let limit = state.flags.max_body;
     let reading = Limited::new(request.into_body(), limit).collect();
     let read = tokio::time::timeout(Duration::from_secs(10), reading).await;
@@ -149,24 +147,19 @@ async fn json_body(state: &State, request: HttpRequest) -> Result<Value, Refusal
     Ok(body.map_err(|error| Error::Invalid(format!("invalid JSON: {error}")))?)
 }
 
-/// The body's fields as `T`: a missing or mistyped field is a 400 naming it.
-fn fields<T: DeserializeOwned>(body: Value) -> Result<T, Error> {
-    serde_json::from_value(body).map_err(|error| Error::Invalid(error.to_string()))
-}
-
 /// Reads an admin call's fields; its admin_token is checked before any other.
 async fn admin(state: &State, request: HttpRequest) -> Result<Changes, Refusal> {
-    let body = json_body(state, request).await?;
+    let body: Value = json_body(state, request).await?;
     let token = body.get("admin_token").and_then(Value::as_str);
     let token = token.ok_or_else(|| Error::Invalid("admin_token must be a string".into()))?;
     state.auth.check_admin(token)?;
-    Ok(fields(body)?)
+    let changes = serde_json::from_value(body);
+    Ok(changes.map_err(|error| Error::Invalid(error.to_string()))?)
 }
 
 /// A 400 saying what the input must be, unless it is `valid`.
 fn check(valid: bool, rule: &str) -> Result<(), Error> {
-    let invalid = || Error::Invalid(rule.into());
-    valid.then_some(()).ok_or_else(invalid)
+    ensure(valid, Error::Invalid(rule.into()))
 }
 
 /// Usernames show in logs and admin calls: no control characters, no
@@ -195,7 +188,7 @@ fn check_email(email: Option<String>) -> Result<Option<String>, Error> {
 }
 
 async fn login(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
-    let Credentials { username, password } = fields(json_body(state, request).await?)?;
+    let Credentials { username, password } = json_body(state, request).await?;
     let caller = state.auth.login(address, &username, &password).await?;
     ok(json!({ "jwt": state.auth.issue(&caller.user) }))
 }
@@ -210,7 +203,7 @@ async fn verify(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
 
 async fn insert(state: &State, address: IpAddr, request: HttpRequest) -> Reply {
     let caller = state.auth.authenticate(address, request.headers()).await?;
-    let event: Event = fields(json_body(state, request).await?)?;
+    let event: Event = json_body(state, request).await?;
     // Printable ASCII keeps each frame pure ASCII with one line per field.
     let name = event.event.as_bytes();
     let printable = name.iter().all(|byte| (b' '..=b'~').contains(byte));
@@ -250,14 +243,10 @@ async fn write_user(state: &State, request: HttpRequest, create: bool) -> Reply 
 }
 
 async fn set_revoked(state: &State, request: HttpRequest, revoked: bool) -> Reply {
-    let username = admin(state, request).await?.username;
     // Only `revoked` changes, whatever else the body holds.
-    let revoked = Some(revoked);
-    let changes = Changes {
-        username,
-        revoked,
-        ..Changes::default()
-    };
+    let mut changes = Changes::default();
+    changes.username = admin(state, request).await?.username;
+    changes.revoked = Some(revoked);
     ok(block_in_place(|| state.store.write_user(changes, false))?)
 }
 

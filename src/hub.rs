@@ -2,7 +2,7 @@
 //! keep-alive comment, the response headers and body), and the fan-out that
 //! hands each inserted event to every open stream of its tenant.
 
-use crate::error::{Error, lock};
+use crate::error::{Error, ensure, lock};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
@@ -114,10 +114,9 @@ impl Hub {
         let mut tenants = lock(&self.tenants);
         let subscribers = tenants.entry(tenant.to_string()).or_default();
         let mine = |other: &&Subscriber| other.username == username && !other.frames.is_closed();
-        if subscribers.iter().filter(mine).count() >= self.limit {
-            let reason = "too many open streams for this user";
-            return Err(Error::TooMany(reason.into(), 10));
-        }
+        let refused = Error::TooMany("too many open streams for this user".into(), 10);
+        let open = subscribers.iter().filter(mine).count();
+        ensure(open < self.limit, refused)?;
         let (frames, receiver) = unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();

@@ -21,7 +21,7 @@
 //! acknowledged is lost, and writes work within seconds of the cause going
 //! away.
 
-use crate::error::{Error, lock};
+use crate::error::{Error, ensure, lock};
 use crate::hub::{self, Body, Hub};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
@@ -29,6 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
+use tokio::task::block_in_place;
 
 /// Longest username. Longer names cannot exist, and never reach fjall,
 /// whose keys must stay under 64 KiB.
@@ -178,8 +179,10 @@ impl Store {
     }
 
     /// Whether storage takes writes: fjall refuses all once one failed.
+    /// (The check flushes the journal, which may wait on the disk.)
     pub fn healthy(&self) -> bool {
-        self.0.db.persist(PersistMode::Buffer).is_ok()
+        let flushed = block_in_place(|| self.0.db.persist(PersistMode::Buffer));
+        flushed.is_ok()
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
@@ -276,10 +279,8 @@ impl Store {
     /// since. Called under `writing`, which every change takes too.
     fn unchanged(&self, user: &User) -> Result<(), Error> {
         let now = self.user(&user.username)?;
-        if now.as_ref().map(User::credentials) != Some(user.credentials()) {
-            return Err(Error::Unauthorized("credentials changed".into()));
-        }
-        Ok(())
+        let same = now.as_ref().map(User::credentials) == Some(user.credentials());
+        ensure(same, Error::Unauthorized("credentials changed".into()))
     }
 
     /// The newest id of a tenant: known, or the last key of its log (no scan).
