@@ -153,7 +153,10 @@ impl Auth {
         let caller = allowed(user.ok_or_else(wrong)?, None)?;
         // Only users that exist get here: the cache is bounded by them.
         lock(&self.verified).insert(name.to_string(), digest);
-        self.forgive(client);
+        // The check passed: it gives its count back.
+        if let Some(count) = lock(&self.failures).1.get_mut(&counted(client)) {
+            *count = count.saturating_sub(1);
+        }
         Ok(caller)
     }
 
@@ -180,18 +183,11 @@ impl Auth {
         if table.0 != minute || table.1.len() >= 100_000 {
             *table = (minute, HashMap::new());
         }
-        let count = table.1.entry(client(address)).or_default();
+        let count = table.1.entry(counted(address)).or_default();
         let refused = Error::TooMany("too many failed password checks".into(), 60);
         ensure(*count < self.config.login_limit, refused)?;
         *count += 1;
         Ok(())
-    }
-
-    /// Gives back the count of a check that passed.
-    fn forgive(&self, address: IpAddr) {
-        if let Some(count) = lock(&self.failures).1.get_mut(&client(address)) {
-            *count = count.saturating_sub(1);
-        }
     }
 
     /// A fingerprint of the user's password hash, for the `cred` claim. The
@@ -221,7 +217,7 @@ impl Auth {
 
 /// The client a limit counts: an IPv6 client by its /64, the block one
 /// host usually has whole, so that rotating addresses does not escape it.
-fn client(address: IpAddr) -> IpAddr {
+fn counted(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V6(address) => IpAddr::V6((address.to_bits() & !0 << 64).into()),
         address => address,

@@ -56,9 +56,9 @@ pub async fn serve(state: Arc<State>, address: IpAddr, request: HttpRequest) -> 
     let mut response = result.unwrap_or_else(|refusal| *refusal);
     let headers = response.headers_mut();
     headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, state.flags.origin.clone());
-    let status = response.status().as_u16();
     let milliseconds = started.elapsed().as_secs_f64() * 1000.0;
     // One write per line: eprintln! would make a syscall per fragment.
+    let status = response.status().as_u16();
     let line = format!("{asked} {status} {milliseconds:.1}ms\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     Ok(response)

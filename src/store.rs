@@ -164,10 +164,10 @@ impl Store {
             let beat = self.0.names.insert("/heartbeat", now);
             let beat = beat.and_then(|()| self.0.db.persist(PersistMode::SyncAll));
             let Err(error) = beat else { continue };
-            if !failing {
+            // Said once, not every second.
+            if !std::mem::replace(&mut failing, true) {
                 eprintln!("storage: cannot write ({error}); answering 503 until it can");
             }
-            failing = true;
             // Random bytes, which no filesystem compresses to nothing.
             let noise = (0..1 << 16).flat_map(|_| *uuid::Uuid::new_v4().as_bytes());
             if std::fs::write(path.join("probe"), noise.collect::<Vec<u8>>()).is_ok() {
@@ -181,8 +181,7 @@ impl Store {
     /// Whether storage takes writes: fjall refuses all once one failed.
     /// (The check flushes the journal, which may wait on the disk.)
     pub fn healthy(&self) -> bool {
-        let flushed = block_in_place(|| self.0.db.persist(PersistMode::Buffer));
-        flushed.is_ok()
+        block_in_place(|| self.0.db.persist(PersistMode::Buffer).is_ok())
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
@@ -246,7 +245,6 @@ impl Store {
     /// name is refused), and returns its id.
     pub fn write_user(&self, changes: Changes, create: bool) -> Result<Value, Error> {
         let _writing = lock(&self.0.writing);
-        let mut batch = self.0.db.batch();
         let old = self.user(&changes.username)?;
         let mut user = match (old.clone(), create) {
             (None, true) => User {
@@ -263,8 +261,8 @@ impl Store {
         user.email = changes.email.unwrap_or(user.email);
         user.data = changes.data.unwrap_or(user.data);
         user.revoked = changes.revoked.unwrap_or(user.revoked);
-        batch.insert(&self.0.users, &user.username, json!(user).to_string());
-        batch.commit()?;
+        let record = json!(user).to_string();
+        self.0.users.insert(&user.username, record)?;
         // The one place where a credential change reaches open streams: a
         // new password or tenant, or a revocation, ends them, and the client
         // authenticates again. JWTs and cached Basic credentials are bound
@@ -290,8 +288,7 @@ impl Store {
         }
         let last = self.0.events.prefix(key(tenant, b"")).next_back();
         let last = last.map(|entry| entry.key()).transpose()?;
-        let last = last.and_then(|key| id_of(&key[key.len() - 8..]));
-        Ok(last.unwrap_or(0))
+        Ok(last.map_or(0, |key| id_of(&key)))
     }
 
     /// Opens a stream for the caller. It starts with every event after
@@ -341,6 +338,7 @@ fn key(tenant: &str, suffix: &[u8]) -> Vec<u8> {
     [tenant.as_bytes(), b"/", suffix].concat()
 }
 
-fn id_of(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+/// The id a key of the event log ends with.
+fn id_of(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[key.len() - 8..].try_into().unwrap_or_default())
 }
