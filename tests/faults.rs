@@ -661,3 +661,55 @@ fn credential_changes_win_over_authentications_in_flight() {
         }
     }
 }
+
+#[test]
+fn two_thousand_streams_under_a_soft_limit_of_1024_descriptors() {
+    // Linux's and systemd's default: 1024 soft, a higher hard limit.
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) };
+    assert!(
+        hard.rlim_max >= 4096,
+        "the hard limit here is {}",
+        hard.rlim_max
+    );
+    // This test's own client sockets need the room too.
+    let raised = libc::rlimit {
+        rlim_cur: hard.rlim_max,
+        rlim_max: hard.rlim_max,
+    };
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(&dir.path().join("db"), &["--max_streams=5000"], |command| {
+        use std::os::unix::process::CommandExt;
+        unsafe {
+            command.pre_exec(|| {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                limit.rlim_cur = 1024;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                Ok(())
+            });
+        }
+    });
+    assert!(
+        broker.logged(&format!("up to {} open files", hard.rlim_max)),
+        "{:?}",
+        broker.log.lock().unwrap()
+    );
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    let auth = bearer(&jwt);
+    let mut streams: Vec<Sse> = (0..2000)
+        .map(|_| broker.sse(&[("Authorization", &auth)]))
+        .collect();
+    broker.insert(&jwt, "all", &json!("of them"));
+    for stream in &mut streams {
+        assert_eq!(stream.events(1)[0].data, json!("of them"));
+    }
+}
