@@ -252,9 +252,23 @@ impl Broker {
         })
     }
 
+    /// As `start_on`, on a port of the caller's choosing.
+    pub fn start_at(db: &Path, port: u16, args: &[&str]) -> Broker {
+        Broker::start_port(db, port, args, |_| {})
+    }
+
     /// As `start_on`, with the command adjusted by `configure` before it runs.
     pub fn start_with(db: &Path, args: &[&str], configure: impl FnOnce(&mut Command)) -> Broker {
-        let mut command = Broker::command(db, 0, args);
+        Broker::start_port(db, 0, args, configure)
+    }
+
+    fn start_port(
+        db: &Path,
+        port: u16,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Broker {
+        let mut command = Broker::command(db, port, args);
         configure(&mut command);
         command.stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
