@@ -25,8 +25,9 @@ impl<T, F: FnOnce() -> T + Send + 'static> Job<T> for F {}
 /// Everything needed to authenticate a request; shared by all connections.
 pub struct Auth {
     store: Store,
-    /// jwt_secret, jwt_expiry, admin_token and login_limit (failed password
-    /// or admin_token checks allowed per client address and minute).
+    /// jwt_secret, jwt_expiry, admin_token and login_limit (password checks
+    /// that did not pass, allowed per client address and minute; admin_token
+    /// guesses are not counted: README, "Threat model", says why).
     config: Config,
     /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
@@ -211,7 +212,8 @@ impl Auth {
             work()
         });
         let done = done.await;
-        done.map_err(|_| Error::Internal("password hashing failed".into()))
+        // Only a bug could make the job panic; the client may retry.
+        done.map_err(|_| Error::Unavailable("password check failed".into()))
     }
 }
 

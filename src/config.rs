@@ -105,7 +105,6 @@ impl Config {
 fn parse<T: FromStr>(name: &str, values: &HashMap<&str, String>) -> Result<T, String> {
     // Every flag has a value: its default at least.
     let value = &values[name];
-    value
-        .parse()
-        .map_err(|_| format!("invalid value {value:?} for --{name}"))
+    let invalid = |_| format!("invalid value {value:?} for --{name}");
+    value.parse().map_err(invalid)
 }

@@ -16,8 +16,6 @@ pub enum Error {
     /// Storage cannot serve now, or the server is too busy; it heals by
     /// itself, so the client should retry shortly.
     Unavailable(String),
-    /// A fault of the server itself.
-    Internal(String),
 }
 
 /// `Err(error)` unless `holds`: a rule, checked in one line.

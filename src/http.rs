@@ -119,7 +119,6 @@ impl From<Error> for Refusal {
             Error::Unauthorized(reason) => (StatusCode::UNAUTHORIZED, reason, None),
             Error::TooMany(reason, wait) => (StatusCode::TOO_MANY_REQUESTS, reason, Some(wait)),
             Error::Unavailable(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason, Some(1)),
-            Error::Internal(reason) => (StatusCode::INTERNAL_SERVER_ERROR, reason, None),
         };
         let mut response = refuse(status, &reason);
         if let Some(seconds) = retry_after {
@@ -244,9 +243,11 @@ async fn write_user(state: &State, request: HttpRequest, create: bool) -> Reply 
 
 async fn set_revoked(state: &State, request: HttpRequest, revoked: bool) -> Reply {
     // Only `revoked` changes, whatever else the body holds.
-    let mut changes = Changes::default();
-    changes.username = admin(state, request).await?.username;
-    changes.revoked = Some(revoked);
+    let changes = Changes {
+        username: admin(state, request).await?.username,
+        revoked: Some(revoked),
+        ..Changes::default()
+    };
     ok(block_in_place(|| state.store.write_user(changes, false))?)
 }
 

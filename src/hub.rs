@@ -18,9 +18,6 @@ use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
 /// rather than holding the server's memory or slowing anyone else.
 const QUEUE_LIMIT: usize = 1 << 20;
 
-/// The keep-alive comment.
-const PING: Bytes = Bytes::from_static(b":\n\n");
-
 pub const HEADERS: &[(&str, &str)] = &[("content-type", "text/event-stream")];
 
 /// Every response body, a stream's included.
@@ -39,8 +36,7 @@ pub fn frame(id: u64, name: &str, data: &Value) -> Bytes {
             let _ = write!(frame, "\\u{unit:04x}");
         }
     }
-    frame.push_str("\n\n");
-    Bytes::from(frame)
+    Bytes::from(frame + "\n\n")
 }
 
 /// Cheap handle to the subscriber lists, cloned wherever streams are opened
@@ -169,7 +165,8 @@ impl Hub {
             let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
             self.sweep(|subscriber| {
                 if ping {
-                    subscriber.send(PING);
+                    // The keep-alive comment.
+                    subscriber.send(Bytes::from_static(b":\n\n"));
                 }
                 subscriber.expires.is_some_and(|expires| expires <= now)
             });

@@ -10,12 +10,25 @@
 //!   for 10 s, with JWT and with Basic, and with 100 live subscribers.
 //! - `startup`: time from spawn to serving with 1 000 000 stored events in
 //!   100 tenants, and idle RSS of a fresh server.
+//! - `logins`: RSS before and 5 s after a burst of 50 parallel logins
+//!   (Argon2 takes 19 MiB each: is it given back?).
+//! - `many`: `--streams N` streams (default 100 000) in one tenant, and the
+//!   same N spread over `--tenants T` (default 10 000): RSS per stream,
+//!   events delivered, fan-out latency from insert to the last subscriber,
+//!   and server CPU over 10 s with every stream idle and a keep-alive round
+//!   in the window. Client sockets come from 127.0.1.1, 127.0.1.2 … (20 000
+//!   each), so N may pass the 64k ports of one address; the file limits
+//!   must allow N descriptors in the server and in this process.
+//!
+//! With `--static PATH`, every broker scenario also runs against that
+//! binary (the static musl build users deploy), reported as "broker static".
 //!
 //! RSS and CPU come from /proc/<pid> of the server's processes. Prints one JSON
 //! line per measurement and a Markdown table at the end.
 //!
-//! Usage: broker-bench [--broker PATH] [--with-nchan] [--only fanout,idle,...]
-//!                     [--events-for-startup N]
+//! Usage: broker-bench [--broker PATH] [--static PATH] [--with-nchan]
+//!                     [--only fanout,rate,idle,insert,startup,logins,many]
+//!                     [--events-for-startup N] [--streams N] [--tenants T]
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -112,7 +125,7 @@ fn wait_port(port: u16, limit: Duration) -> Duration {
     started.elapsed()
 }
 
-fn start_broker(binary: &str, db: Option<&std::path::Path>) -> (Server, Duration) {
+fn start_broker(binary: &str, name: &str, db: Option<&std::path::Path>, extra: &[&str]) -> (Server, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let db = db.map(|db| db.to_path_buf()).unwrap_or(dir.path().join("db"));
     let port = free_port();
@@ -121,13 +134,14 @@ fn start_broker(binary: &str, db: Option<&std::path::Path>) -> (Server, Duration
         .args(["--ntp_servers=", "--admin_token=bench", "--jwt_secret=bench-secret"])
         // The benchmark's users open thousands of streams each.
         .args(["--max_streams=1000000", "--login_limit=1000000"])
+        .args(extra)
         .arg(format!("--port={port}"))
         .arg(format!("--db={}", db.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("broker binary");
-    let server = Server { kind: Kind::Broker, name: "broker".into(), port, child, _dir: dir };
+    let server = Server { kind: Kind::Broker, name: name.into(), port, child, _dir: dir };
     // Serving means answering a request, not just accepting connections.
     wait_port(port, Duration::from_secs(30));
     while !healthy(port) {
@@ -146,7 +160,7 @@ fn healthy(port: u16) -> bool {
     reply.starts_with("HTTP/1.1 200")
 }
 
-fn start_nchan() -> Server {
+fn start_nchan(ping_seconds: u64) -> Server {
     for (binary, package) in [("/usr/sbin/nginx", "nginx-light"), ("/usr/lib/nginx/modules/ngx_nchan_module.so", "libnginx-mod-nchan")] {
         assert!(std::path::Path::new(binary).exists(), "{binary} missing: apt-get install {package}");
     }
@@ -154,6 +168,7 @@ fn start_nchan() -> Server {
     let port = free_port();
     let template = include_str!("../nchan.conf");
     let config = template.replace("PORT", &port.to_string()).replace("PREFIX", &dir.path().display().to_string());
+    let config = config.replace("PING", &ping_seconds.to_string());
     let config_file = dir.path().join("nginx.conf");
     std::fs::write(&config_file, config).unwrap();
     let child = Command::new("/usr/sbin/nginx")
@@ -387,6 +402,7 @@ impl Results {
                 add(&mut self.rows, "3 idle: RSS per stream (10 000)".into(), format!("{:.1} KiB", line["rss_per_stream_kib"].as_f64().unwrap_or(0.0)));
                 add(&mut self.rows, "4 idle: server CPU over 10 s".into(), format!("{:.3} s", line["cpu_seconds"].as_f64().unwrap_or(0.0)));
                 add(&mut self.rows, "5 idle RSS of a fresh server".into(), format!("{:.1} MiB", line["fresh_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0));
+                add(&mut self.rows, "5 RSS after one login, before streams".into(), format!("{:.1} MiB", line["rss_before_kib"].as_f64().unwrap_or(0.0) / 1024.0));
             }
             "insert" => {
                 let label = line["label"].as_str().unwrap_or("?");
@@ -395,6 +411,19 @@ impl Results {
                     value.push_str(&format!("; {deliveries:.0} deliveries/s"));
                 }
                 add(&mut self.rows, format!("6 insert: {label}"), value);
+            }
+            "logins" => {
+                let mib = |field: &str| line[field].as_f64().unwrap_or(0.0) / 1024.0;
+                add(&mut self.rows, "9 RSS idle / peak / 5 s after 50 logins".into(), format!("{:.1} / {:.1} / {:.1} MiB", mib("rss_idle_kib"), mib("rss_peak_kib"), mib("rss_5s_after_kib")));
+            }
+            "many" => {
+                let (n, t) = (line["streams"].as_u64().unwrap_or(0), line["tenants"].as_u64().unwrap_or(0));
+                let shape = format!("{n} streams, {t} tenant{}", if t == 1 { "" } else { "s" });
+                add(&mut self.rows, format!("A {shape}: open"), format!("{}", line["opened"]));
+                add(&mut self.rows, format!("B {shape}: RSS per stream"), format!("{:.2} KiB", line["rss_per_stream_kib"].as_f64().unwrap_or(0.0)));
+                add(&mut self.rows, format!("C {shape}: delivered"), format!("{:.2} %", line["delivered_pct"].as_f64().unwrap_or(0.0)));
+                add(&mut self.rows, format!("D {shape}: to the last, p50 / p99"), format!("{:.1} / {:.1} ms", line["p50_ms"].as_f64().unwrap_or(f64::NAN), line["p99_ms"].as_f64().unwrap_or(f64::NAN)));
+                add(&mut self.rows, format!("E {shape}: idle CPU over 10 s"), format!("{:.2} s", line["idle_cpu_seconds"].as_f64().unwrap_or(0.0)));
             }
             "startup" => {
                 add(&mut self.rows, format!("7 start-up with {} events", line["events"]), format!("{:.0} ms", line["startup_ms"].as_f64().unwrap_or(0.0)));
@@ -598,10 +627,10 @@ async fn insert(server: &Server, label: &str, basic: bool, subscribers: usize) -
 
 /// Fills a database with `total` events across 100 tenants, restarts the
 /// broker on it and times spawn → first answered request.
-async fn startup(binary: &str, total: u64) -> Value {
+async fn startup(binary: &str, name: &str, total: u64) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    let (server, _) = tokio::task::block_in_place(|| start_broker(binary, Some(&db)));
+    let (server, _) = tokio::task::block_in_place(|| start_broker(binary, name, Some(&db), &[]));
     let tenants = 100;
     let mut channels = Vec::new();
     for tenant in 0..tenants {
@@ -636,7 +665,7 @@ async fn startup(binary: &str, total: u64) -> Value {
     if std::env::var("BENCH_KEEP_DB").is_ok() {
         let _ = std::process::Command::new("cp").args(["-r", &db.display().to_string(), "/tmp/bench-db"]).status();
     }
-    let (server, took) = tokio::task::block_in_place(|| start_broker(binary, Some(&db)));
+    let (server, took) = tokio::task::block_in_place(|| start_broker(binary, name, Some(&db), &[]));
     let rss = server.rss_kib();
     // The ids were recovered: the next insert in a tenant continues its count.
     let mut connection = Connection::open(server.port).await.unwrap();
@@ -645,10 +674,236 @@ async fn startup(binary: &str, total: u64) -> Value {
     let (_, reply) = connection.request("POST", "/insert", &[("Authorization", &channel.auth)], body).await.unwrap();
     server.stop();
     json!({
-        "scenario": "startup", "server": "broker", "events": total, "tenants": tenants,
+        "scenario": "startup", "server": name, "events": total, "tenants": tenants,
         "startup_ms": took.as_secs_f64() * 1000.0, "rss_after_start_kib": rss, "shutdown_ms": shutdown_ms,
         "insert_rate": insert_rate, "next_id_in_tenant_0": serde_json::from_str::<Value>(&reply).ok().map(|v| v["id"].clone()),
     })
+}
+
+/// RSS before and 5 s after 50 parallel logins: Argon2 takes 19 MiB per
+/// hash, and a server that keeps it grows with every burst.
+async fn logins(server: &Server) -> Value {
+    let channel = Channel::new(server, "logins", false).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = server.rss_kib();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let port = channel.port;
+        tasks.push(tokio::spawn(async move {
+            let mut connection = Connection::open(port).await.unwrap();
+            let body = r#"{"username":"logins","password":"wrong"}"#;
+            connection.request("POST", "/login", &[], body).await.map(|(status, _)| status).unwrap_or(0)
+        }));
+    }
+    let mut peak = idle;
+    while !tasks.iter().all(|task| task.is_finished()) {
+        peak = peak.max(server.rss_kib());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 401);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    json!({
+        "scenario": "logins", "server": server.name, "logins": 50,
+        "rss_idle_kib": idle, "rss_peak_kib": peak, "rss_5s_after_kib": server.rss_kib(),
+    })
+}
+
+/// A JWT for `user`, signed with the benchmark's secret like Broker's own
+/// (Broker accepts tokens without its `cred` claim): no Argon2 login needed
+/// for thousands of tenants.
+fn mint_jwt(user: &str) -> String {
+    use hmac::Mac;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({"sub": user, "iat": now, "exp": now + 86400, "iss": "Broker"});
+    let signed = format!("{}.{}", engine.encode(br#"{"alg":"HS256","typ":"JWT"}"#), engine.encode(claims.to_string()));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"bench-secret").unwrap();
+    mac.update(signed.as_bytes());
+    format!("Bearer {signed}.{}", engine.encode(mac.finalize().into_bytes()))
+}
+
+/// The local address the `index`th client socket of `many` comes from:
+/// 20 000 per address, so that no address runs out of ports.
+fn source_address(index: usize) -> std::net::SocketAddr {
+    let address = std::net::Ipv4Addr::new(127, 0, 1, 1 + (index / 20_000) as u8);
+    std::net::SocketAddr::new(address.into(), 0)
+}
+
+/// `streams` streams spread over `tenants` tenants (channels), then events
+/// published one tenant at a time: RSS per stream, idle CPU with keep-alives,
+/// share delivered, and latency from publishing to the last subscriber.
+async fn many(server: &Server, streams: usize, tenants: usize) -> Value {
+    let run = now_ns();
+    let names: Vec<String> = (0..tenants).map(|tenant| format!("many{run}t{tenant}")).collect();
+    // Users (one per tenant) are created 32 at a time; Argon2 bounds the rate.
+    let created = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let names = Arc::new(names);
+    let mut workers = Vec::new();
+    for _ in 0..if server.kind == Kind::Broker { 32 } else { 0 } {
+        let (names, next, port) = (names.clone(), next.clone(), server.port);
+        workers.push(tokio::spawn(async move {
+            let mut connection = Connection::open(port).await.unwrap();
+            loop {
+                let index = next.fetch_add(1, Relaxed);
+                let Some(name) = names.get(index) else { break };
+                let body = json!({"username": name, "password": "pw", "admin_token": "bench", "tenant_name": name});
+                let (status, _) = connection.request("POST", "/create_user", &[], &body.to_string()).await.unwrap();
+                assert_eq!(status, 200, "create_user");
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    eprintln!("many: {tenants} tenants ready in {:?}", created.elapsed());
+    let channels: Arc<Vec<Channel>> = Arc::new(names.iter().map(|name| Channel {
+        kind: server.kind, port: server.port, name: name.clone(), auth: mint_jwt(name),
+    }).collect());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server.rss_kib();
+    // Every event's receipts: how many, and when the last one arrived.
+    let events = if tenants == 1 { 20 } else { 2000 };
+    let received: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
+    let last: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
+    let open = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(512));
+    let opening = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    for index in 0..streams {
+        let channel = channels[index % tenants].clone();
+        let (received, last, open, gate) = (received.clone(), last.clone(), open.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.unwrap();
+            let Ok(mut stream) = subscribe_from(&channel, source_address(index)).await else { return };
+            drop(permit);
+            open.fetch_add(1, Relaxed);
+            // Lines are scanned as they come; a line cut by a read is kept
+            // until its end arrives.
+            let mut buffer = [0u8; 2048];
+            let mut kept = 0;
+            loop {
+                let read = match stream.read(&mut buffer[kept..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => read,
+                };
+                let end = kept + read;
+                let mut start = 0;
+                while let Some(offset) = buffer[start..end].iter().position(|byte| *byte == b'\n') {
+                    let line = &buffer[start..start + offset];
+                    start += offset + 1;
+                    if !line.starts_with(b"data:") {
+                        continue;
+                    }
+                    let number = |field: &[u8]| -> Option<u64> {
+                        let at = line.windows(field.len()).position(|window| window == field)? + field.len();
+                        let digits = line[at..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+                        std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
+                    };
+                    if let Some(sequence) = number(b"\"s\":") {
+                        let sequence = sequence as usize;
+                        received[sequence].fetch_add(1, Relaxed);
+                        last[sequence].fetch_max(now_ns(), Relaxed);
+                    }
+                }
+                buffer.copy_within(start..end, 0);
+                kept = end - start;
+                if kept == buffer.len() {
+                    kept = 0;
+                }
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while open.load(Relaxed) < streams && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let opened = open.load(Relaxed);
+    eprintln!("many: {opened} of {streams} streams open in {:?}", opening.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = server.rss_kib();
+    // Idle, with the keep-alive round the server sends every 10 s.
+    let cpu_before = server.cpu_seconds();
+    tokio::time::sleep(WINDOW).await;
+    let idle_cpu = server.cpu_seconds() - cpu_before;
+    // Events, one tenant at a time: in one tenant, one every 2 s, so each
+    // fan-out to every stream is over before the next; across tenants,
+    // 200 a second.
+    let per_second = if tenants == 1 { 0.5 } else { 200.0 };
+    let mut connection = Connection::open(server.port).await.unwrap();
+    let started = Instant::now();
+    let mut sent = Vec::with_capacity(events);
+    for sequence in 0..events {
+        let due = started + Duration::from_secs_f64(sequence as f64 / per_second);
+        tokio::time::sleep_until(due.into()).await;
+        let channel = &channels[sequence % tenants];
+        let stamp = now_ns();
+        let data = format!(r#"{{"s":{sequence},"t":{stamp}}}"#);
+        if !channel.publish(&mut connection, &data).await {
+            connection = Connection::open(server.port).await.unwrap();
+            assert!(channel.publish(&mut connection, &data).await, "publish failed");
+        }
+        sent.push(stamp);
+    }
+    let per_event: Vec<u64> = (0..events).map(|sequence| {
+        let subscribed = (0..opened).filter(|index| index % tenants == sequence % tenants).count();
+        subscribed as u64
+    }).collect();
+    let expected: u64 = per_event.iter().sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let total = || received.iter().map(|count| count.load(Relaxed)).sum::<u64>();
+    while total() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered = total();
+    let mut latencies: Vec<u64> = (0..events)
+        .filter(|sequence| received[*sequence].load(Relaxed) == per_event[*sequence])
+        .map(|sequence| last[sequence].load(Relaxed).saturating_sub(sent[sequence]))
+        .collect();
+    latencies.sort_unstable();
+    for task in &tasks {
+        task.abort();
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    json!({
+        "scenario": "many", "server": server.name, "streams": streams, "tenants": tenants, "opened": opened,
+        "rss_before_kib": before, "rss_after_kib": after,
+        "rss_per_stream_kib": after.saturating_sub(before) as f64 / opened.max(1) as f64,
+        "idle_cpu_seconds": idle_cpu, "events": events,
+        "delivered_pct": 100.0 * delivered as f64 / expected.max(1) as f64,
+        "complete_events": latencies.len(),
+        "p50_ms": percentile(&latencies, 0.50), "p99_ms": percentile(&latencies, 0.99), "max_ms": percentile(&latencies, 1.0),
+    })
+}
+
+/// Opens a stream from the local address `from`; returns the socket once the
+/// response head has been read whole.
+async fn subscribe_from(channel: &Channel, from: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(from)?;
+    let mut stream = socket.connect(([127, 0, 0, 1], channel.port).into()).await?;
+    let request = match channel.kind {
+        Kind::Broker => format!("GET /sse HTTP/1.1\r\nHost: bench\r\nAuthorization: {}\r\n\r\n", channel.auth),
+        Kind::Nchan => format!("GET /sub?id={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n", channel.name),
+    };
+    stream.write_all(request.as_bytes()).await?;
+    // The head, byte by byte: nothing after it may be consumed here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 200") {
+        return Err(std::io::Error::other(String::from_utf8_lossy(&head).into_owned()));
+    }
+    Ok(stream)
 }
 
 fn raise_fd_limit() {
@@ -666,18 +921,46 @@ fn main() {
     let binary = flag("--broker").unwrap_or("target/release/broker".into());
     let only = flag("--only").unwrap_or("fanout,rate,idle,insert,startup".into());
     let startup_events: u64 = flag("--events-for-startup").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
+    let static_binary = flag("--static");
+    let streams: usize = flag("--streams").and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    let tenant_counts: Vec<usize> = flag("--tenants").unwrap_or("1,10000".into()).split(',').filter_map(|n| n.parse().ok()).collect();
     let with_nchan = args.iter().any(|arg| arg == "--with-nchan");
     raise_fd_limit();
     now_ns();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut results = Results::default();
     let mut names = vec!["broker".to_string()];
+    if static_binary.is_some() {
+        names.push("broker static".to_string());
+    }
     if with_nchan {
         names.push("nginx+nchan".to_string());
     }
+    // The 100 000-stream scenario, on servers of its own, keep-alive every
+    // 10 s so that one round falls in its 10 s idle window.
+    if only.contains("many") {
+        for name in &names {
+            for &tenants in &tenant_counts {
+                let server = match name.as_str() {
+                    "broker" => start_broker(&binary, name, None, &["--keep_alive=10"]).0,
+                    "broker static" => start_broker(static_binary.as_deref().unwrap(), name, None, &["--keep_alive=10"]).0,
+                    _ => start_nchan(10),
+                };
+                results.record(name, runtime.block_on(many(&server, streams, tenants)));
+                server.stop();
+            }
+        }
+    }
     for name in &names {
-        let server = if name == "broker" { start_broker(&binary, None).0 } else { start_nchan() };
+        let server = match name.as_str() {
+            "broker" => start_broker(&binary, name, None, &[]).0,
+            "broker static" => start_broker(static_binary.as_deref().unwrap(), name, None, &[]).0,
+            _ => start_nchan(30),
+        };
         runtime.block_on(async {
+            if only.contains("logins") && server.kind == Kind::Broker {
+                results.record(name, logins(&server).await);
+            }
             if only.contains("idle") {
                 results.record(name, idle(&server, IDLE_STREAMS).await);
             }
@@ -702,8 +985,11 @@ fn main() {
         server.stop();
     }
     if only.contains("startup") {
-        let line = runtime.block_on(startup(&binary, startup_events));
+        let line = runtime.block_on(startup(&binary, "broker", startup_events));
         results.record("broker", line);
+        if let Some(binary) = &static_binary {
+            results.record("broker static", runtime.block_on(startup(binary, "broker static", startup_events)));
+        }
     }
     results.table(&names);
 }
