@@ -21,14 +21,17 @@ def values(server, match, field):
     found = []
     for run in runs:
         for line in run:
-            if line.get("server") == server and all(line.get(k) == v for k, v in match.items()):
+            if line.get("server") == server and all(
+                    v(line.get(k)) if callable(v) else line.get(k) == v for k, v in match.items()):
                 if line.get(field) is not None:
                     found.append(float(line[field]))
                 break
     return found
 
 
-SERVERS = [("broker", "#2a6fdb"), ("nginx+nchan", "#e07b39")]
+SERVERS = [("broker", "#2a6fdb"), ("broker static", "#7fa8ea"), ("nginx+nchan", "#e07b39")]
+ONE = lambda tenants: tenants == 1
+MANY = lambda tenants: tenants is not None and tenants > 1
 PANELS = [
     ("Fan-out p99 latency (ms), 50 events/s", [
         (f"N={n}", {"scenario": "fanout", "subscribers": n}, "p99_ms") for n in (1, 100, 1000)]),
@@ -36,6 +39,12 @@ PANELS = [
         ("p50", {"scenario": "rate"}, "p50_ms"), ("p99", {"scenario": "rate"}, "p99_ms")]),
     ("RSS per idle stream (KiB)", [
         ("10 000 streams", {"scenario": "idle"}, "rss_per_stream_kib")]),
+    ("Many streams: RSS per stream (KiB)", [
+        ("1 tenant", {"scenario": "many", "tenants": ONE}, "rss_per_stream_kib"),
+        ("10 per tenant", {"scenario": "many", "tenants": MANY}, "rss_per_stream_kib")]),
+    ("Many streams: to the last one, p99 (ms)", [
+        ("1 tenant", {"scenario": "many", "tenants": ONE}, "p99_ms"),
+        ("10 per tenant", {"scenario": "many", "tenants": MANY}, "p99_ms")]),
     ("Thousands per second, 64 connections", [
         ("inserts", {"scenario": "insert", "subscribers": 0, "connections": 64}, "requests_per_second"),
         ("deliveries (100 subs)", {"scenario": "insert", "subscribers": 100}, "deliveries_per_second")]),
@@ -76,6 +85,6 @@ for index, (title, groups) in enumerate(PANELS):
 for which, (server, color) in enumerate(SERVERS):
     svg.append(f'<rect x="{40 + which * 120}" y="{HEIGHT + 8}" width="12" height="12" fill="{color}"/>')
     svg.append(f'<text x="{56 + which * 120}" y="{HEIGHT + 18}">{server}</text>')
-svg.append(f'<text x="{300}" y="{HEIGHT + 18}" fill="#555">bars: median of {len(runs)} runs; dots: each run</text>')
+svg.append(f'<text x="{420}" y="{HEIGHT + 18}" fill="#555">bars: median of {len(runs)} runs; dots: each run</text>')
 svg.append('</svg>')
 print("\n".join(svg))

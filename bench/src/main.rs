@@ -160,7 +160,7 @@ fn healthy(port: u16) -> bool {
     reply.starts_with("HTTP/1.1 200")
 }
 
-fn start_nchan(ping_seconds: u64) -> Server {
+fn start_nchan(ping_seconds: u64, connections: usize) -> Server {
     for (binary, package) in [("/usr/sbin/nginx", "nginx-light"), ("/usr/lib/nginx/modules/ngx_nchan_module.so", "libnginx-mod-nchan")] {
         assert!(std::path::Path::new(binary).exists(), "{binary} missing: apt-get install {package}");
     }
@@ -168,7 +168,7 @@ fn start_nchan(ping_seconds: u64) -> Server {
     let port = free_port();
     let template = include_str!("../nchan.conf");
     let config = template.replace("PORT", &port.to_string()).replace("PREFIX", &dir.path().display().to_string());
-    let config = config.replace("PING", &ping_seconds.to_string());
+    let config = config.replace("PING", &ping_seconds.to_string()).replace("CONNECTIONS", &connections.to_string());
     let config_file = dir.path().join("nginx.conf");
     std::fs::write(&config_file, config).unwrap();
     let child = Command::new("/usr/sbin/nginx")
@@ -906,26 +906,35 @@ async fn subscribe_from(channel: &Channel, from: std::net::SocketAddr) -> std::i
     Ok(stream)
 }
 
-fn raise_fd_limit() {
+/// Raises this process's soft file limit to the hard one; returns it.
+fn raise_fd_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
         limit.rlim_cur = limit.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
+    limit.rlim_cur
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|arg| arg == name).and_then(|at| args.get(at + 1)).cloned();
     let binary = flag("--broker").unwrap_or("target/release/broker".into());
-    let only = flag("--only").unwrap_or("fanout,rate,idle,insert,startup".into());
+    let only = flag("--only").unwrap_or("fanout,rate,idle,insert,startup,logins,many".into());
     let startup_events: u64 = flag("--events-for-startup").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let static_binary = flag("--static");
-    let streams: usize = flag("--streams").and_then(|n| n.parse().ok()).unwrap_or(100_000);
+    let mut streams: usize = flag("--streams").and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let tenant_counts: Vec<usize> = flag("--tenants").unwrap_or("1,10000".into()).split(',').filter_map(|n| n.parse().ok()).collect();
     let with_nchan = args.iter().any(|arg| arg == "--with-nchan");
-    raise_fd_limit();
+    // Each stream is a descriptor in the server and one here: a machine
+    // whose hard limit is lower runs the largest N it allows, and says so.
+    let files = raise_fd_limit() as usize;
+    if only.contains("many") && streams + 1_000 > files {
+        let allowed = files.saturating_sub(1_000) / 1_000 * 1_000;
+        eprintln!("many: {streams} streams do not fit the file limit here ({files}); running {allowed}");
+        streams = allowed;
+    }
     now_ns();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut results = Results::default();
@@ -944,7 +953,7 @@ fn main() {
                 let server = match name.as_str() {
                     "broker" => start_broker(&binary, name, None, &["--keep_alive=10"]).0,
                     "broker static" => start_broker(static_binary.as_deref().unwrap(), name, None, &["--keep_alive=10"]).0,
-                    _ => start_nchan(10),
+                    _ => start_nchan(10, streams + 1024),
                 };
                 results.record(name, runtime.block_on(many(&server, streams, tenants)));
                 server.stop();
@@ -955,7 +964,7 @@ fn main() {
         let server = match name.as_str() {
             "broker" => start_broker(&binary, name, None, &[]).0,
             "broker static" => start_broker(static_binary.as_deref().unwrap(), name, None, &[]).0,
-            _ => start_nchan(30),
+            _ => start_nchan(30, 32768),
         };
         runtime.block_on(async {
             if only.contains("logins") && server.kind == Kind::Broker {
