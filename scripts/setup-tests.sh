@@ -5,7 +5,9 @@
 # - Debian's pebble (Let's Encrypt's test ACME server) for the ACME test;
 # - Debian's Chromium and, from npm, playwright-core (which downloads no
 #   browser of its own) for the browser test of examples/chat, whose page is
-#   bundled with esbuild.
+#   bundled with esbuild;
+# - iproute2, e2fsprogs and util-linux for the fault tests (IPv6 addresses on
+#   lo, a loop-mounted ext4 frozen with fsfreeze); curl for the backup test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,10 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# The fault tests: IPv6 addresses on lo, a frozen loop-mounted ext4.
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v fsfreeze >/dev/null 2>&1 || need_apt+=(util-linux)
 # Emoji in the browser test's screenshots.
 [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need_apt+=(fonts-noto-color-emoji)
 if [ ${#need_apt[@]} -gt 0 ]; then
