@@ -224,10 +224,10 @@ fn keep_alive_comments_arrive_at_the_interval() {
         unreachable!()
     };
     eprintln!("keep-alive comments: default {default:?}; 2 s {two:?}; 0 {none:?}");
-    // The first comment comes on the server's 30th tick, within a second of
-    // the stream's 30th second.
+    // The first comment comes on the server's 30th tick, 30 s after it
+    // started: the stream opened a moment later, after a login.
     assert_eq!(default.len(), 1, "{default:?}");
-    assert!(default[0] > Duration::from_secs(28), "{default:?}");
+    assert!(default[0] > Duration::from_secs(25), "{default:?}");
     assert!((14..=17).contains(&two.len()), "{two:?}");
     for pair in two.windows(2) {
         let gap = pair[1] - pair[0];
