@@ -30,6 +30,6 @@ if ldd "$out/broker" 2>&1 | grep -q "=>"; then
 fi
 size=$(stat -c %s "$out/broker")
 echo "build-static: $out/broker ($kind) is static: $(ldd "$out/broker" 2>&1 | head -n 1 | sed 's/^[[:space:]]*//'); $((size / 1024)) KiB"
-if [ "$size" -gt $((8 * 1024 * 1024)) ]; then
-  echo "build-static: over the 8 MB target" >&2
+if [ "$size" -gt 8500000 ]; then
+  echo "build-static: over the 8.5 MB target" >&2
 fi
