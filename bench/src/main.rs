@@ -777,7 +777,16 @@ async fn many(server: &Server, streams: usize, tenants: usize) -> Value {
         let (received, last, open, gate) = (received.clone(), last.clone(), open.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.unwrap();
-            let Ok(mut stream) = subscribe_from(&channel, source_address(index)).await else { return };
+            let mut stream = match subscribe_from(&channel, source_address(index)).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    static SHOWN: AtomicUsize = AtomicUsize::new(0);
+                    if SHOWN.fetch_add(1, Relaxed) < 5 {
+                        eprintln!("many: stream {index} failed to open: {error}");
+                    }
+                    return;
+                }
+            };
             drop(permit);
             open.fetch_add(1, Relaxed);
             // Lines are scanned as they come; a line cut by a read is kept
