@@ -16,9 +16,10 @@
 //!   same N spread over `--tenants T` (default 10 000): RSS per stream,
 //!   events delivered, fan-out latency from insert to the last subscriber,
 //!   and server CPU over 10 s with every stream idle and a keep-alive round
-//!   in the window. Client sockets come from 127.0.1.1, 127.0.1.2 … (20 000
-//!   each), so N may pass the 64k ports of one address; the file limits
-//!   must allow N descriptors in the server and in this process.
+//!   in the window. Client sockets come from 127.R.0.1, 127.R.1.1 … (20 000
+//!   each, R a new number for each run), so N may pass the 64k ports of one
+//!   address; the file limits must allow N descriptors in the server and in
+//!   this process (N is lowered to fit, and the output says so).
 //!
 //! With `--static PATH`, every broker scenario also runs against that
 //! binary (the static musl build users deploy), reported as "broker static".
@@ -112,8 +113,10 @@ impl Server {
     }
 }
 
+/// A port free on every address: the many-streams scenario leaves thousands
+/// of client ports of 127.0.1.x closing, and a server binds `[::]`.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("[::]:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_port(port: u16, limit: Duration) -> Duration {
@@ -420,7 +423,7 @@ impl Results {
                 let (n, t) = (line["streams"].as_u64().unwrap_or(0), line["tenants"].as_u64().unwrap_or(0));
                 let shape = format!("{n} streams, {t} tenant{}", if t == 1 { "" } else { "s" });
                 add(&mut self.rows, format!("A {shape}: open"), format!("{}", line["opened"]));
-                add(&mut self.rows, format!("B {shape}: RSS per stream"), format!("{:.2} KiB", line["rss_per_stream_kib"].as_f64().unwrap_or(0.0)));
+                add(&mut self.rows, format!("B {shape}: RSS per stream (growth / whole RSS)"), format!("{:.2} / {:.2} KiB", line["rss_per_stream_kib"].as_f64().unwrap_or(0.0), line["rss_total_per_stream_kib"].as_f64().unwrap_or(0.0)));
                 add(&mut self.rows, format!("C {shape}: delivered"), format!("{:.2} %", line["delivered_pct"].as_f64().unwrap_or(0.0)));
                 add(&mut self.rows, format!("D {shape}: to the last, p50 / p99"), format!("{:.1} / {:.1} ms", line["p50_ms"].as_f64().unwrap_or(f64::NAN), line["p99_ms"].as_f64().unwrap_or(f64::NAN)));
                 add(&mut self.rows, format!("E {shape}: idle CPU over 10 s"), format!("{:.2} s", line["idle_cpu_seconds"].as_f64().unwrap_or(0.0)));
@@ -724,10 +727,12 @@ fn mint_jwt(user: &str) -> String {
     format!("Bearer {signed}.{}", engine.encode(mac.finalize().into_bytes()))
 }
 
-/// The local address the `index`th client socket of `many` comes from:
-/// 20 000 per address, so that no address runs out of ports.
-fn source_address(index: usize) -> std::net::SocketAddr {
-    let address = std::net::Ipv4Addr::new(127, 0, 1, 1 + (index / 20_000) as u8);
+/// The local address the `index`th client socket of the `run`th `many`
+/// comes from: 20 000 per address, so that no address runs out of ports, and
+/// new addresses for each run, whose ports the last run's closing sockets
+/// still hold for a minute (TIME_WAIT).
+fn source_address(run: usize, index: usize) -> std::net::SocketAddr {
+    let address = std::net::Ipv4Addr::new(127, 1 + run as u8, (index / 20_000) as u8, 1);
     std::net::SocketAddr::new(address.into(), 0)
 }
 
@@ -735,6 +740,8 @@ fn source_address(index: usize) -> std::net::SocketAddr {
 /// published one tenant at a time: RSS per stream, idle CPU with keep-alives,
 /// share delivered, and latency from publishing to the last subscriber.
 async fn many(server: &Server, streams: usize, tenants: usize) -> Value {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let sources = RUNS.fetch_add(1, Relaxed);
     let run = now_ns();
     let names: Vec<String> = (0..tenants).map(|tenant| format!("many{run}t{tenant}")).collect();
     // Users (one per tenant) are created 32 at a time; Argon2 bounds the rate.
@@ -769,19 +776,20 @@ async fn many(server: &Server, streams: usize, tenants: usize) -> Value {
     let received: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
     let last: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
     let open = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(512));
     let opening = Instant::now();
     let mut tasks = Vec::with_capacity(streams);
     for index in 0..streams {
         let channel = channels[index % tenants].clone();
         let (received, last, open, gate) = (received.clone(), last.clone(), open.clone(), gate.clone());
+        let failed = failed.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.unwrap();
-            let mut stream = match subscribe_from(&channel, source_address(index)).await {
+            let mut stream = match subscribe_from(&channel, source_address(sources, index)).await {
                 Ok(stream) => stream,
                 Err(error) => {
-                    static SHOWN: AtomicUsize = AtomicUsize::new(0);
-                    if SHOWN.fetch_add(1, Relaxed) < 5 {
+                    if failed.fetch_add(1, Relaxed) < 5 {
                         eprintln!("many: stream {index} failed to open: {error}");
                     }
                     return;
@@ -826,7 +834,7 @@ async fn many(server: &Server, streams: usize, tenants: usize) -> Value {
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(300);
-    while open.load(Relaxed) < streams && Instant::now() < deadline {
+    while open.load(Relaxed) + failed.load(Relaxed) < streams && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let opened = open.load(Relaxed);
@@ -882,6 +890,9 @@ async fn many(server: &Server, streams: usize, tenants: usize) -> Value {
         "scenario": "many", "server": server.name, "streams": streams, "tenants": tenants, "opened": opened,
         "rss_before_kib": before, "rss_after_kib": after,
         "rss_per_stream_kib": after.saturating_sub(before) as f64 / opened.max(1) as f64,
+        // nginx allocates its worker_connections at start: the whole RSS per
+        // stream counts that too.
+        "rss_total_per_stream_kib": after as f64 / opened.max(1) as f64,
         "idle_cpu_seconds": idle_cpu, "events": events,
         "delivered_pct": 100.0 * delivered as f64 / expected.max(1) as f64,
         "complete_events": latencies.len(),
