@@ -945,7 +945,7 @@ fn main() {
     let startup_events: u64 = flag("--events-for-startup").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let static_binary = flag("--static");
     let mut streams: usize = flag("--streams").and_then(|n| n.parse().ok()).unwrap_or(100_000);
-    let tenant_counts: Vec<usize> = flag("--tenants").unwrap_or("1,10000".into()).split(',').filter_map(|n| n.parse().ok()).collect();
+    let mut tenant_counts: Vec<usize> = flag("--tenants").unwrap_or("1,10000".into()).split(',').filter_map(|n| n.parse().ok()).collect();
     let with_nchan = args.iter().any(|arg| arg == "--with-nchan");
     // Each stream is a descriptor in the server and one here: a machine
     // whose hard limit is lower runs the largest N it allows, and says so.
@@ -953,6 +953,10 @@ fn main() {
     if only.contains("many") && streams + 1_000 > files {
         let allowed = files.saturating_sub(1_000) / 1_000 * 1_000;
         eprintln!("many: {streams} streams do not fit the file limit here ({files}); running {allowed}");
+        // The same shapes, smaller: as many streams per tenant.
+        for tenants in &mut tenant_counts {
+            *tenants = (*tenants * allowed / streams).max(1);
+        }
         streams = allowed;
     }
     now_ns();
