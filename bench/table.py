@@ -78,7 +78,7 @@ def many_rows():
              lambda line: f"{line['rss_per_stream_kib']:.1f} / {line['rss_total_per_stream_kib']:.1f}"),
             (f"{name}: delivered (%)", match, pct("delivered_pct")),
             (f"{name}: insert to the last stream, p50 / p99 (ms)", match,
-             lambda line: f"{line['p50_ms']:.0f} / {line['p99_ms']:.0f}"),
+             lambda line: f"{line['p50_ms']:.1f} / {line['p99_ms']:.1f}"),
             (f"{name}: server CPU over 10 s idle, keep-alive round included (s)", match,
              lambda line: f"{line['idle_cpu_seconds']:.2f}"),
         ]
@@ -92,7 +92,9 @@ for name, match, show in ROWS + many_rows():
         cells = []
         for server in SERVERS:
             parts = [cell(server, {"scenario": "fanout", "subscribers": n}, pct("delivered_pct")) for n in (1, 100, 1000)]
-            cells.append("—" if all(p == "—" for p in parts) else " / ".join(parts))
+            values = " · ".join(parts).split(" · ")
+            whole = all(value == "100.0" for value in values)
+            cells.append("—" if all(p == "—" for p in parts) else "100 in every run" if whole else " / ".join(parts))
         print(f"| {name} | " + " | ".join(cells) + " |")
         continue
     print(f"| {name} | " + " | ".join(cell(server, match, show) for server in SERVERS) + " |")
