@@ -21,15 +21,14 @@ pub fn now_ms() -> u64 {
 /// clock (with two, the larger offset; with one, its own). Start-up waits two seconds at most for the first
 /// measurement. Every correction is logged; a failure only after a success
 /// (or at start), so a dead server list costs one line, not one an hour.
-pub fn start(servers: &str, interval: u64) {
-    let servers: Vec<String> = servers.split(',').map(String::from).collect();
+pub fn start(servers: String, interval: u64) {
     let (measured, first) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let config = rsntp::Config::default().timeout(Duration::from_secs(1));
         let client = rsntp::SntpClient::with_config(config);
         let mut synced = true;
         loop {
-            let answers = servers.iter().map(|server| client.synchronize(server));
+            let answers = servers.split(',').map(|server| client.synchronize(server));
             let offsets = answers.flatten().map(|answer| answer.clock_offset());
             let mut offsets: Vec<_> = offsets.map(|offset| offset.as_secs_f64()).collect();
             offsets.sort_by(f64::total_cmp);

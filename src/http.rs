@@ -132,9 +132,8 @@ impl From<Error> for Refusal {
 /// seconds, like the headers, as `T`: malformed JSON, or a missing or
 /// mistyped field, is a 400 saying so.
 async fn json_body<T: DeserializeOwned>(state: &State, request: HttpRequest) -> Result<T, Refusal> {
-    let limit = state.flags.max_body;
-    let reading = Limited::new(request.into_body(), limit).collect();
-    let read = tokio::time::timeout(Duration::from_secs(10), reading).await;
+    let reading = Limited::new(request.into_body(), state.flags.max_body);
+    let read = tokio::time::timeout(Duration::from_secs(10), reading.collect()).await;
     let slow = |_| refuse(StatusCode::REQUEST_TIMEOUT, "body arrived too slowly");
     let too_large = || refuse(StatusCode::PAYLOAD_TOO_LARGE, "body over --max_body");
     let bytes = match read.map_err(slow)? {

@@ -62,7 +62,7 @@ async fn run(flags: config::Config) -> Result<(), String> {
     let files = rlimit::increase_nofile_limit(u64::MAX);
     let files = files.map_err(|error| format!("cannot raise the file limit: {error}"))?;
     eprintln!("broker: up to {files} open files");
-    clock::start(&flags.ntp_servers, flags.ntp_interval.get());
+    clock::start(flags.ntp_servers.clone(), flags.ntp_interval.get());
     let hub = hub::Hub::new(flags.max_streams);
     let store = store::Store::open(&flags.db, flags.history, hub.clone())?;
     let tls = flags.secure.then(|| tls::acceptor(&flags)).transpose()?;

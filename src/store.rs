@@ -230,9 +230,13 @@ impl Store {
         // run with a larger `--history` kept.
         if self.0.history > 0 && id > self.0.history {
             let cut = id - self.0.history;
-            let from = if writing.contains_key(tenant) { cut } else { 0 };
-            for entry in self.0.events.range(key_of(from)..=key_of(cut)) {
-                batch.remove_weak(&self.0.events, entry.key()?);
+            if writing.contains_key(tenant) {
+                batch.remove_weak(&self.0.events, key_of(cut));
+            } else {
+                // No read on the hot path: only the first insert looks.
+                for entry in self.0.events.range(key_of(0)..=key_of(cut)) {
+                    batch.remove_weak(&self.0.events, entry.key()?);
+                }
             }
         }
         batch.commit()?;
@@ -297,13 +301,12 @@ impl Store {
     /// then live events. Writes wait meanwhile and the backlog is read from
     /// a snapshot, so nothing falls between the two or arrives twice.
     pub fn subscribe(&self, caller: &Caller, after: Option<u64>) -> Result<Body, Error> {
-        let user = &caller.user;
-        let tenant = &user.tenant_name;
+        let tenant = &caller.user.tenant_name;
         let writing = lock(&self.0.writing);
         let upto = self.last_id(&writing, tenant)?;
         // Opened only if the user is still as authenticated: a credential
         // change waits for `writing`, and then ends the stream.
-        self.unchanged(user)?;
+        self.unchanged(&caller.user)?;
         // A consistent view as of now: later events arrive live.
         let snapshot = self.0.db.snapshot();
         let next = |after: u64| key(tenant, &(after + 1).to_be_bytes());
@@ -321,7 +324,7 @@ impl Store {
         // Frames are read as the stream is written, one at a time.
         let backlog = backlog.map(|entry| Some(Bytes::copy_from_slice(&entry.value().ok()?)));
         let hub = &self.0.hub;
-        hub.subscribe(tenant, &user.username, caller.expires, backlog)
+        hub.subscribe(tenant, &caller.user.username, caller.expires, backlog)
     }
 }
 
