@@ -14,14 +14,7 @@ fn streams_that_never_read_hold_bounded_memory_and_are_disconnected() {
     let broker = Broker::start(&[]);
     broker.create_user("bob", "pw", "t1");
     let jwt = broker.login("bob", "pw");
-    let request = format!("GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\n\r\n");
-    let mut stalled: Vec<_> = (0..3)
-        .map(|_| {
-            let mut socket = broker.connect_from("127.0.0.1", Some(4096));
-            socket.write_all(request.as_bytes()).unwrap();
-            socket
-        })
-        .collect();
+    let mut stalled: Vec<_> = (0..3).map(|_| broker.stalled_stream(&jwt, None)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let before = broker.rss_kib();
     let payload = json!("x".repeat(900 * 1024));
@@ -237,11 +230,7 @@ fn sigterm_ends_the_process_within_10_s_even_with_storage_broken() {
     }
     // A stream that never reads, with megabytes of backlog waiting for it,
     // and a disk that cannot take a byte.
-    let mut stalled = broker.connect_from("127.0.0.1", Some(4096));
-    let request = format!(
-        "GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\nLast-Event-ID: 0\r\n\r\n"
-    );
-    stalled.write_all(request.as_bytes()).unwrap();
+    let stalled = broker.stalled_stream(&jwt, Some("0"));
     std::thread::sleep(Duration::from_millis(500));
     disk.fill();
     let mut n = 0;

@@ -346,11 +346,7 @@ fn a_stream_counts_toward_max_streams_until_its_response_has_ended() {
         broker.insert(&jwt, "big", &json!(noise(900_000, n)));
     }
     // A stream that reads nothing: its backlog fills the socket and waits.
-    let mut stalled = broker.connect_from("127.0.0.1", Some(4096));
-    let request = format!(
-        "GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\nLast-Event-ID: 0\r\n\r\n"
-    );
-    stalled.write_all(request.as_bytes()).unwrap();
+    let mut stalled = broker.stalled_stream(&jwt, Some("0"));
     std::thread::sleep(Duration::from_millis(500));
     // A password change ends it, but its response cannot end before the
     // client reads what is in flight: it still counts.

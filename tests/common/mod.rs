@@ -409,6 +409,19 @@ impl Client {
         stream
     }
 
+    /// Opens `/sse` with `jwt` from a socket with a 4 KiB receive buffer, and
+    /// reads nothing: a client that has stopped reading. With
+    /// `last_event_id`, the stream starts with that replay.
+    pub fn stalled_stream(&self, jwt: &str, last_event_id: Option<&str>) -> TcpStream {
+        let mut socket = self.connect_from("127.0.0.1", Some(4096));
+        let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n"));
+        let resume = resume.unwrap_or_default();
+        let request =
+            format!("GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\n{resume}\r\n");
+        socket.write_all(request.as_bytes()).unwrap();
+        socket
+    }
+
     /// A request that tolerates a broker that is not there (restarting):
     /// `None` if it cannot connect.
     pub fn try_request(
