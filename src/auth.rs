@@ -165,11 +165,6 @@ impl Auth {
     /// which are OWASP's (19 MiB, 2 passes, 1 lane), and a fresh random
     /// salt from the OS, through RustCrypto's `password-auth`.
     pub async fn hash(&self, password: String) -> Result<String, Error> {
-        let valid = (1..=1024).contains(&password.len());
-        ensure(
-            valid,
-            Error::Invalid("password must be 1-1024 bytes".into()),
-        )?;
         self.argon(move || password_auth::generate_hash(password))
             .await
     }

@@ -235,6 +235,8 @@ async fn write_user(state: &State, request: HttpRequest, create: bool) -> Reply 
     tenant.map(check_tenant).transpose()?;
     changes.email = changes.email.map(check_email).transpose()?;
     if let Some(password) = changes.password {
+        let fits = (1..=1024).contains(&password.len());
+        check(fits, "password must be 1-1024 bytes")?;
         changes.password = Some(state.auth.hash(password).await?);
     }
     ok(block_in_place(|| state.store.write_user(changes, create))?)
