@@ -904,6 +904,19 @@ async fn many(server: &Server, streams: usize, tenants: usize) -> Value {
 /// response head has been read whole.
 async fn subscribe_from(channel: &Channel, from: std::net::SocketAddr) -> std::io::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
+    // The port is chosen at connect, by the whole address pair: a port bound
+    // here would otherwise be barred from every connect on any address while
+    // its socket lingers in TIME_WAIT, and a run right after another (or
+    // the load generator's own connections to 127.0.0.1) would run out.
+    let yes: libc::c_int = 1;
+    let size = std::mem::size_of_val(&yes) as libc::socklen_t;
+    let pointer = &yes as *const libc::c_int as *const libc::c_void;
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket and a c_int option of the size given.
+    let set = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, pointer, size) };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     socket.bind(from)?;
     let mut stream = socket.connect(([127, 0, 0, 1], channel.port).into()).await?;
     let request = match channel.kind {
