@@ -8,25 +8,17 @@ bar is the median of the runs given; each dot is one run.
 
 The input is what scripts/bench.sh records: one JSON object per line.
 """
-import json, statistics, sys
+import statistics, sys
 
-runs = []
-for path in sys.argv[1:]:
-    with open(path) as lines:
-        runs.append([json.loads(line) for line in lines if line.startswith("{")])
+from runs import first_matches, load
+
+runs = load(sys.argv[1:])
 
 
 def values(server, match, field):
     """One value per run: the field of the first line matching `match`."""
-    found = []
-    for run in runs:
-        for line in run:
-            if line.get("server") == server and all(
-                    v(line.get(k)) if callable(v) else line.get(k) == v for k, v in match.items()):
-                if line.get(field) is not None:
-                    found.append(float(line[field]))
-                break
-    return found
+    lines = first_matches(runs, server, match)
+    return [float(line[field]) for line in lines if line.get(field) is not None]
 
 
 SERVERS = [("broker", "#2a6fdb"), ("broker static", "#7fa8ea"), ("nginx+nchan", "#e07b39")]

@@ -6,24 +6,17 @@ server, each cell the runs' values side by side (run 1 · run 2 · …):
 
 The input is what scripts/bench.sh records: one JSON object per line.
 """
-import json, sys
+import sys
 
-runs = []
-for path in sys.argv[1:]:
-    with open(path) as lines:
-        runs.append([json.loads(line) for line in lines if line.startswith("{")])
+from runs import first_matches, load
+
+runs = load(sys.argv[1:])
 
 SERVERS = ["broker", "broker static", "nginx+nchan"]
 
 
 def cell(server, match, show):
-    found = []
-    for run in runs:
-        for line in run:
-            if line.get("server") == server and all(
-                    v(line.get(k)) if callable(v) else line.get(k) == v for k, v in match.items()):
-                found.append(show(line))
-                break
+    found = [show(line) for line in first_matches(runs, server, match)]
     return " · ".join(found) if found else "—"
 
 
