@@ -77,7 +77,7 @@ impl Auth {
     /// A signed JWT for `user`, valid for `--jwt_expiry` seconds of NTP time.
     pub fn issue(&self, user: &User) -> String {
         let iat = crate::clock::now_ms() / 1000;
-        let exp = iat + self.config.jwt_expiry.get();
+        let exp = iat.saturating_add(self.config.jwt_expiry.get());
         // `cred` binds the token to the password it was issued under: a
         // password change invalidates every earlier token. (Tokens minted
         // elsewhere with the secret may leave it out.)

@@ -18,8 +18,8 @@ macro_rules! flags {
         /// Every flag's name, default and help, in `--help` order.
         const FLAGS: &[(&str, &str, &str)] = &[$((stringify!($name), $default, $help),)*];
 
-        fn build(values: &HashMap<&str, String>) -> Result<Config, String> {
-            Ok(Config { $($name: parse(stringify!($name), values)?,)* })
+        fn build(set: &HashMap<&str, String>) -> Result<Config, String> {
+            Ok(Config { $($name: parse(stringify!($name), $default, set)?,)* })
         }
     };
 }
@@ -55,12 +55,13 @@ impl Config {
     /// Flags over environment over defaults. `Err` is the one-line reason to
     /// print before exiting with status 2.
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
+        // What the environment and the arguments set; the rest keeps its
+        // default.
         let mut values = HashMap::new();
-        for (name, default, _) in FLAGS {
+        for (name, ..) in FLAGS {
             let variable = std::env::var(format!("BROKER_{}", name.to_uppercase()));
-            values.insert(*name, variable.unwrap_or(default.to_string()));
+            values.extend(variable.ok().map(|value| (*name, value)));
         }
-        let mut explicit_port = std::env::var("BROKER_PORT").is_ok();
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "--help" || arg == "-h" {
@@ -81,12 +82,11 @@ impl Config {
             let bare = ["true", "false"].contains(default).then_some("true");
             let value = inline.or(bare).map(String::from).or_else(|| args.next());
             values.insert(name, value.ok_or(format!("flag --{name} needs a value"))?);
-            explicit_port |= *name == "port";
         }
-        if values["secure"] == "true" && !explicit_port {
-            values.insert("port", "443".into());
+        let mut config = build(&values)?;
+        if config.secure && !values.contains_key("port") {
+            config.port = 443;
         }
-        let config = build(&values)?;
         if config.secure && config.auto_cert && config.domain.is_empty() {
             return Err("--secure with --auto_cert needs --domain".into());
         }
@@ -94,7 +94,7 @@ impl Config {
             return Err("--admin_token and --jwt_secret must not be empty".into());
         }
         for (name, default) in [("admin_token", "letmein"), ("jwt_secret", "secret")] {
-            if values[name] == default {
+            if values.get(name).is_none_or(|value| value == default) {
                 eprintln!("warning: --{name} is the published default; set your own");
             }
         }
@@ -102,9 +102,9 @@ impl Config {
     }
 }
 
-fn parse<T: FromStr>(name: &str, values: &HashMap<&str, String>) -> Result<T, String> {
-    // Every flag has a value: its default at least.
-    let value = &values[name];
+/// The value of a flag: as `set`, else its default.
+fn parse<T: FromStr>(name: &str, default: &str, set: &HashMap<&str, String>) -> Result<T, String> {
+    let value = set.get(name).map_or(default, String::as_str);
     let invalid = |_| format!("invalid value {value:?} for --{name}");
     value.parse().map_err(invalid)
 }

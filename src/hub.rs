@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
 use serde_json::Value;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::{collections::HashMap, convert::Infallible, fmt::Write, time::Duration};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -41,13 +41,15 @@ pub fn frame(id: u64, name: &str, data: &Value) -> Bytes {
 
 /// Cheap handle to the subscriber lists, cloned wherever streams are opened
 /// or events published.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Hub {
     /// tenant → its open streams. A std mutex: publishing never waits, so no
     /// critical section awaits.
     tenants: Arc<Mutex<HashMap<String, Vec<Subscriber>>>>,
     /// Most open streams one user may hold (`--max_streams`).
     limit: usize,
+    /// Set once shutdown begins: no stream opens after it.
+    closing: Arc<AtomicBool>,
 }
 
 /// One open stream. It stays in the hub until its response body is gone,
@@ -90,8 +92,9 @@ impl Subscriber {
 
 impl Hub {
     pub fn new(limit: usize) -> Hub {
-        let tenants = Arc::default();
-        Hub { tenants, limit }
+        // No tenant, no stream, not closing.
+        let hub = Hub::default();
+        Hub { limit, ..hub }
     }
 
     /// Opens a stream of `username` in `tenant`: the body of its response,
@@ -108,6 +111,10 @@ impl Hub {
         backlog: impl Iterator<Item = Option<Bytes>> + Send + 'static,
     ) -> Result<Body, Error> {
         let mut tenants = lock(&self.tenants);
+        // Shutdown has begun: a stream whose check was still in flight is
+        // refused rather than cut without its end when the process exits.
+        let closing = Error::Unavailable("shutting down".into());
+        ensure(!self.closing.load(Relaxed), closing)?;
         let subscribers = tenants.entry(tenant.to_string()).or_default();
         let mine = |other: &&Subscriber| other.username == username && !other.frames.is_closed();
         let refused = Error::TooMany("too many open streams for this user".into(), 10);
@@ -148,8 +155,9 @@ impl Hub {
         self.sweep(|subscriber| subscriber.username == username);
     }
 
-    /// Ends every stream, for shutdown.
+    /// Ends every stream, and refuses new ones, for shutdown.
     pub fn close_all(&self) {
+        self.closing.store(true, Relaxed);
         self.sweep(|_| true);
     }
 

@@ -114,10 +114,10 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
     // An IPv4 client by its IPv4 address, in the log and the limits.
     let client = peer.ip().to_canonical();
     let _ = tcp.set_nodelay(true);
-    // A socket that accepts nothing for 10 s while a response waits to be
-    // written is closed by the kernel: a client that stopped reading is
+    // A socket that accepts nothing for a minute while a response waits to
+    // be written is closed by the kernel: a client that stopped reading is
     // disconnected, and whatever its stream had queued is freed.
-    let write_timeout = Some(Duration::from_secs(10));
+    let write_timeout = Some(Duration::from_secs(60));
     let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(write_timeout);
     let io: Box<dyn Io> = match tls {
         None => Box::new(tcp),
