@@ -19,6 +19,8 @@
 # that copy and the start; this script prints it. Clients see their streams
 # end cleanly and resume with Last-Event-ID.
 set -euo pipefail
+# The archive holds password hashes: readable by its owner alone.
+umask 077
 
 db=${BROKER_DB:-/var/lib/broker/db}
 out=${1:-broker-backup-$(date -u +%Y%m%dT%H%M%SZ).tar.gz}

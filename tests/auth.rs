@@ -204,3 +204,15 @@ fn a_tenant_move_takes_effect_for_cached_basic_credentials() {
     let mut t1 = broker.sse(&[("Authorization", &basic("t1user", "pw"))]);
     assert!(t1.quiet_for(Duration::from_millis(300)));
 }
+
+#[test]
+fn the_longest_jwt_expiry_gives_tokens_that_never_expire_not_tokens_born_expired() {
+    let broker = Broker::start(&["--jwt_expiry=18446744073709551615"]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    let claims = decode(jwt.split('.').nth(1).unwrap());
+    // iat + expiry does not fit: exp is the latest time there is.
+    assert_eq!(claims["exp"], json!(u64::MAX));
+    assert!(claims["iat"].as_u64().unwrap() >= now() - 5);
+    assert_eq!(broker.verify(&jwt).status, 200);
+}

@@ -116,6 +116,10 @@ fn a_backup_taken_under_load_restores_every_acknowledged_insert_and_every_user()
     eprint!("{report}");
     assert!(output.status.success(), "{report}");
     assert!(report.contains("Broker was down"), "{report}");
+    // It holds password hashes: private to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&archive).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "archive mode {mode:o}");
     std::thread::sleep(Duration::from_millis(500));
     done.store(true, SeqCst);
     inserting.join().unwrap();

@@ -5,7 +5,8 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,8 +26,8 @@ fn streams_that_never_read_hold_bounded_memory_and_are_disconnected() {
     eprintln!("RSS grew by {grown} MiB over 150 inserts of 900 KB with 3 stalled streams");
     // 150 × 900 KB would be 130 MiB per stream if queues were unbounded.
     assert!(grown < 100, "RSS grew by {grown} MiB");
-    // A socket that accepts nothing for 10 s is closed by the server.
-    std::thread::sleep(Duration::from_secs(12));
+    // A socket that accepts nothing for a minute is closed by the server.
+    std::thread::sleep(Duration::from_secs(70));
     for socket in &mut stalled {
         socket
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -701,4 +702,94 @@ fn two_thousand_streams_under_a_soft_limit_of_1024_descriptors() {
     for stream in &mut streams {
         assert_eq!(stream.events(1)[0].data, json!("of them"));
     }
+}
+
+#[test]
+fn health_checks_on_a_frozen_disk_hold_no_thread_and_stop_no_one() {
+    let disk = FreezableDisk::mount();
+    let broker = Broker::start_on(&disk.dir.path().join("db"), &[]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    assert_eq!(health(&broker), 200);
+    disk.freeze(true);
+    // The watcher's heartbeat stops reaching the disk: health says so
+    // within seconds, without waiting on the disk itself.
+    let unhealthy = within(Duration::from_secs(15), || health(&broker) == 503);
+    // More unauthenticated health checks at once than tokio has blocking
+    // threads (512): each used to hold one while it flushed the journal.
+    let checks: Vec<TcpStream> = (0..600)
+        .map(|_| {
+            let mut socket = broker.connect();
+            socket
+                .write_all(&request_bytes("GET", "/", &[], b""))
+                .unwrap();
+            socket
+        })
+        .collect();
+    let started = Instant::now();
+    let answered = checks
+        .into_iter()
+        .map(|socket| {
+            socket
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            read_reply(&mut BufReader::new(socket)).status
+        })
+        .filter(|status| *status == 503)
+        .count();
+    let elapsed = started.elapsed();
+    // Meanwhile requests that need no write are served as usual.
+    let port = broker.port;
+    let served = std::thread::spawn(move || {
+        let client = Client { port, tls: None };
+        (
+            client.verify(&jwt).status,
+            client.request("OPTIONS", "/insert", &[], b"").status,
+        )
+    });
+    let served = within(Duration::from_secs(5), || served.is_finished()).map(|_| served);
+    disk.freeze(false);
+    eprintln!("600 health checks on a frozen disk: {answered} answered 503 in {elapsed:?}");
+    assert!(unhealthy.is_some(), "GET / never said the disk is stalled");
+    assert_eq!(answered, 600);
+    let served = served.expect("a read waited behind the health checks");
+    assert_eq!(served.join().unwrap(), (200, 204));
+    // Thawed, the heartbeat reaches the disk again and health follows.
+    assert!(within(Duration::from_secs(10), || health(&broker) == 200).is_some());
+}
+
+#[test]
+fn a_slow_but_steady_reader_outlasts_the_minute_given_to_a_silent_one() {
+    let broker = Broker::start(&[]);
+    broker.create_user("bob", "pw", "t1");
+    let jwt = broker.login("bob", "pw");
+    // A reader with a 16 KiB receive buffer that takes 16 KB a second.
+    let mut socket = broker.connect_from("127.0.0.1", Some(16 * 1024));
+    let request = format!("GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {jwt}\r\n\r\n");
+    socket.write_all(request.as_bytes()).unwrap();
+    // A little faster than it reads: the server always has bytes waiting
+    // for it, never a megabyte (the stream's queue).
+    let port = broker.port;
+    let writer = std::thread::spawn(move || {
+        let client = Client { port, tls: None };
+        for n in 0..55 {
+            client.insert(&jwt, "tick", &json!(noise(20_000, n)));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let started = Instant::now();
+    let mut taken = 0;
+    let mut buffer = [0; 4096];
+    // Cut by the kernel after 11.6 s when it was given 10 s to write.
+    while started.elapsed() < Duration::from_secs(55) {
+        match socket.read(&mut buffer) {
+            Ok(0) => panic!("the stream ended after {:?}", started.elapsed()),
+            Ok(read) => taken += read,
+            Err(error) => panic!("cut after {:?}: {error}", started.elapsed()),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    writer.join().unwrap();
+    eprintln!("a reader at 16 KB/s took {taken} bytes in 55 s without being cut");
+    assert!(taken > 700_000, "{taken} bytes");
 }
