@@ -7,7 +7,11 @@
 //!   delivery ratio and latency percentiles.
 //! - `idle`: 10 000 idle streams; RSS per stream and server CPU over 10 s.
 //! - `insert`: closed-loop inserts (publishes) over 64 keep-alive connections
-//!   for 10 s, with JWT and with Basic, and with 100 live subscribers.
+//!   for 10 s, with JWT and with Basic, and with 100 live subscribers; first
+//!   against "bare hyper" (src/bin/ceiling.rs: Broker's HTTP stack and
+//!   connection settings answering `{"id":N}` after reading the body, and
+//!   nothing else), so that every insert figure of the run is also a share
+//!   of that ceiling (`share_of_ceiling`).
 //! - `startup`: time from spawn to serving with 1 000 000 stored events in
 //!   100 tenants, and idle RSS of a fresh server.
 //! - `logins`: RSS before and 5 s after a burst of 50 parallel logins
@@ -27,7 +31,7 @@
 //! RSS and CPU come from /proc/<pid> of the server's processes. Prints one JSON
 //! line per measurement and a Markdown table at the end.
 //!
-//! Usage: broker-bench [--broker PATH] [--static PATH] [--with-nchan]
+//! Usage: broker-bench [--broker PATH] [--static PATH] [--ceiling PATH] [--with-nchan]
 //!                     [--only fanout,rate,idle,insert,startup,logins,many]
 //!                     [--events-for-startup N] [--streams N] [--tenants T]
 
@@ -57,6 +61,9 @@ fn now_ns() -> u64 {
 enum Kind {
     Broker,
     Nchan,
+    /// bare hyper with Broker's connection settings (src/bin/ceiling.rs):
+    /// what an insert could cost at best on this stack.
+    Ceiling,
 }
 
 /// A server under test: its processes, port and how to talk to it.
@@ -151,6 +158,16 @@ fn start_broker(binary: &str, name: &str, db: Option<&std::path::Path>, extra: &
         std::thread::sleep(Duration::from_micros(500));
     }
     (server, started.elapsed())
+}
+
+/// The ceiling server, on a port of its own.
+fn start_ceiling(binary: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(binary).arg("--port").arg(port.to_string()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("ceiling binary");
+    let server = Server { kind: Kind::Ceiling, name: "bare hyper".into(), port, child, _dir: dir };
+    wait_port(port, Duration::from_secs(30));
+    server
 }
 
 /// A blocking `GET /` that answered 200.
@@ -267,7 +284,7 @@ impl Channel {
 
     async fn publish(&self, connection: &mut Connection, data: &str) -> bool {
         let result = match self.kind {
-            Kind::Broker => {
+            Kind::Broker | Kind::Ceiling => {
                 let body = format!(r#"{{"event":"bench","data":{data}}}"#);
                 connection.request("POST", "/insert", &[("Authorization", &self.auth), ("Content-Type", "application/json")], &body).await
             }
@@ -292,6 +309,7 @@ impl Channel {
         let request = match self.kind {
             Kind::Broker => format!("GET /sse HTTP/1.1\r\nHost: bench\r\nAuthorization: {}\r\n{resume}\r\n", self.auth),
             Kind::Nchan => format!("GET /sub?id={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n", self.name),
+            Kind::Ceiling => unreachable!("the ceiling serves no streams"),
         };
         reader.get_mut().write_all(request.as_bytes()).await?;
         let mut line = String::new();
@@ -380,10 +398,21 @@ fn percentile(sorted: &[u64], fraction: f64) -> f64 {
 #[derive(Default)]
 struct Results {
     rows: BTreeMap<String, BTreeMap<String, String>>,
+    /// The ceiling's requests per second in this run, measured first, so
+    /// every later insert figure is also a share of it.
+    ceiling: Option<f64>,
 }
 
 impl Results {
-    fn record(&mut self, server: &str, line: Value) {
+    fn record(&mut self, server: &str, mut line: Value) {
+        if line["scenario"] == "insert" && line["subscribers"] == 0 {
+            let rate = line["requests_per_second"].as_f64().unwrap_or(0.0);
+            match self.ceiling {
+                None if server == "bare hyper" => self.ceiling = Some(rate),
+                Some(ceiling) => line["share_of_ceiling"] = json!(rate / ceiling),
+                None => {}
+            }
+        }
         println!("{line}");
         let scenario = line["scenario"].as_str().unwrap_or("?");
         let add = |rows: &mut BTreeMap<String, BTreeMap<String, String>>, name: String, value: String| {
@@ -412,6 +441,9 @@ impl Results {
                 let mut value = format!("{:.0} req/s", line["requests_per_second"].as_f64().unwrap_or(0.0));
                 if let Some(deliveries) = line["deliveries_per_second"].as_f64() {
                     value.push_str(&format!("; {deliveries:.0} deliveries/s"));
+                }
+                if let Some(share) = line["share_of_ceiling"].as_f64() {
+                    value.push_str(&format!(" ({share:.2} × bare hyper)"));
                 }
                 add(&mut self.rows, format!("6 insert: {label}"), value);
             }
@@ -922,6 +954,7 @@ async fn subscribe_from(channel: &Channel, from: std::net::SocketAddr) -> std::i
     let request = match channel.kind {
         Kind::Broker => format!("GET /sse HTTP/1.1\r\nHost: bench\r\nAuthorization: {}\r\n\r\n", channel.auth),
         Kind::Nchan => format!("GET /sub?id={} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n", channel.name),
+        Kind::Ceiling => unreachable!("the ceiling serves no streams"),
     };
     stream.write_all(request.as_bytes()).await?;
     // The head, byte by byte: nothing after it may be consumed here.
@@ -957,6 +990,7 @@ fn main() {
     let only = flag("--only").unwrap_or("fanout,rate,idle,insert,startup,logins,many".into());
     let startup_events: u64 = flag("--events-for-startup").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let static_binary = flag("--static");
+    let ceiling = flag("--ceiling").unwrap_or("bench/target/release/ceiling".into());
     let mut streams: usize = flag("--streams").and_then(|n| n.parse().ok()).unwrap_or(100_000);
     let mut tenant_counts: Vec<usize> = flag("--tenants").unwrap_or("1,10000".into()).split(',').filter_map(|n| n.parse().ok()).collect();
     let with_nchan = args.iter().any(|arg| arg == "--with-nchan");
@@ -975,7 +1009,8 @@ fn main() {
     now_ns();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut results = Results::default();
-    let mut names = vec!["broker".to_string()];
+    // The ceiling first: every other insert figure is a share of it.
+    let mut names = vec!["bare hyper".to_string(), "broker".to_string()];
     if static_binary.is_some() {
         names.push("broker static".to_string());
     }
@@ -985,7 +1020,7 @@ fn main() {
     // The 100 000-stream scenario, on servers of its own, keep-alive every
     // 10 s so that one round falls in its 10 s idle window.
     if only.contains("many") {
-        for name in &names {
+        for name in names.iter().filter(|name| *name != "bare hyper") {
             for &tenants in &tenant_counts {
                 let server = match name.as_str() {
                     "broker" => start_broker(&binary, name, None, &["--keep_alive=10"]).0,
@@ -999,11 +1034,17 @@ fn main() {
     }
     for name in &names {
         let server = match name.as_str() {
+            "bare hyper" if !only.contains("insert") => continue,
+            "bare hyper" => start_ceiling(&ceiling),
             "broker" => start_broker(&binary, name, None, &[]).0,
             "broker static" => start_broker(static_binary.as_deref().unwrap(), name, None, &[]).0,
             _ => start_nchan(30, 32768),
         };
         runtime.block_on(async {
+            if server.kind == Kind::Ceiling {
+                results.record(name, insert(&server, "bare POST, 64 connections", false, 0).await);
+                return;
+            }
             if only.contains("logins") && server.kind == Kind::Broker {
                 results.record(name, logins(&server).await);
             }
