@@ -19,8 +19,6 @@
 # that copy and the start; this script prints it. Clients see their streams
 # end cleanly and resume with Last-Event-ID.
 set -euo pipefail
-# The archive holds password hashes: readable by its owner alone.
-umask 077
 
 db=${BROKER_DB:-/var/lib/broker/db}
 out=${1:-broker-backup-$(date -u +%Y%m%dT%H%M%SZ).tar.gz}
@@ -62,6 +60,8 @@ ended=$EPOCHREALTIME
 awk -v a="$began" -v b="$stopped" -v c="$copied" -v d="$ended" 'BEGIN {
   printf "backup: Broker was down %.2f s (stop %.2f s, snapshot %.2f s, start %.2f s)\n", d - a, b - a, c - b, d - c }' >&2
 
-tar -C "$snapshot" -czf "$out.partial" .
+# The archive holds password hashes: readable by its owner alone (the umask
+# only here, so that a BROKER_START that runs Broker itself does not inherit it).
+(umask 077 && tar -C "$snapshot" -czf "$out.partial" .)
 mv "$out.partial" "$out"
 echo "backup: $out ($(du -h "$out" | cut -f1))" >&2

@@ -104,6 +104,8 @@ fn a_backup_taken_under_load_restores_every_acknowledged_insert_and_every_user()
         control.display()
     );
     let start = format!("touch {}/start", control.display());
+    // Whatever the umask of whoever runs it, the archive is private.
+    unsafe { libc::umask(0o022) };
     let output = std::process::Command::new("scripts/backup.sh")
         .arg(&archive)
         .env("BROKER_DB", &db)

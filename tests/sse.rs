@@ -71,7 +71,7 @@ fn data_arrives_as_sent_numbers_and_key_order_included() {
     let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
     // As a client spells it: keys out of order, numbers no float can hold
     // or that a float would respell, and insignificant whitespace.
-    let body = r#"{"event": "e", "data": {"z": 1, "a": 123456789012345678901234567890, "m": 1.0, "e": 1e2, "s": -0.1000}}"#;
+    let body = r#"{"event": "e", "data": {"z": 1, "a": 123456789012345678901234567890, "m": 1.0, "e": 1e2, "E": 1E2, "s": -0.1000}}"#;
     let auth = bearer(&jwt);
     let headers = [
         ("Authorization", auth.as_str()),
@@ -84,8 +84,9 @@ fn data_arrives_as_sent_numbers_and_key_order_included() {
         200
     );
     stream.events(1);
-    // Digits as sent; only an exponent gains its sign.
-    let data = r#"data:{"z":1,"a":123456789012345678901234567890,"m":1.0,"e":1e+2,"s":-0.1000}"#;
+    // Digits as sent; only an exponent is spelled `e` with its sign.
+    let data =
+        r#"data:{"z":1,"a":123456789012345678901234567890,"m":1.0,"e":1e+2,"E":1e+2,"s":-0.1000}"#;
     let body = String::from_utf8(stream.body.clone()).unwrap();
     assert_eq!(body, format!("id:1\nevent:e\n{data}\n\n"));
     // A new stream's sync, from storage, is the same.
