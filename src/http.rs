@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::{convert::Infallible, io::Write as _, net::IpAddr, sync::Arc, time::Duration};
 use tokio::task::block_in_place;
+use unicode_properties::{GeneralCategory::Format, UnicodeGeneralCategory};
 
 type HttpRequest = Request<hyper::body::Incoming>;
 /// A response, or the refusal sent instead; `?` turns any `Error` into one.
@@ -161,11 +162,13 @@ fn check(valid: bool, rule: &str) -> Result<(), Error> {
 }
 
 /// Usernames show in logs and admin calls: no control characters, no
-/// outer spaces, and no colon, since Basic splits at the first one.
+/// invisible or reordering ones (Unicode's format characters: U+200B,
+/// U+202E, U+FEFF, U+00AD …), no outer spaces, and no colon, since Basic
+/// splits at the first one.
 fn check_username(name: &str) -> Result<(), Error> {
-    let unclean = |c: char| c == ':' || c.is_control();
+    let unclean = |c: char| c == ':' || c.is_control() || c.general_category() == Format;
     let valid = (1..=MAX_USERNAME).contains(&name.len()) && !name.contains(unclean);
-    let rule = "username must be 1-128 bytes, without ':', control characters or outer spaces";
+    let rule = "username must be 1-128 bytes, no ':', control or format characters, outer spaces";
     check(valid && name.trim() == name, rule)
 }
 

@@ -165,8 +165,8 @@ impl Store {
         let mut failing = false;
         loop {
             std::thread::sleep(Duration::from_secs(1));
-            let now = crate::clock::now_ms().to_be_bytes();
-            let beat = self.0.names.insert("/heartbeat", now);
+            // What it holds does not matter: that it reaches the disk does.
+            let beat = self.0.names.insert("/heartbeat", "beat");
             let beat = beat.and_then(|()| self.0.db.persist(PersistMode::SyncAll));
             // Reached the disk now, once the sync is done.
             let beat = beat.inspect(|()| *lock(&self.0.beat) = Instant::now());

@@ -111,6 +111,13 @@ fn hostile_usernames_are_refused_and_never_reach_storage() {
         "\tbob",
         "bob\u{85}",
         "a:b",
+        // Unicode's format characters: invisible, or reordering what
+        // follows, so that one name can pass for another in a list.
+        "bo\u{200B}b",
+        "\u{202E}bob",
+        "\u{FEFF}bob",
+        "bo\u{AD}b",
+        "bob\u{2060}",
     ] {
         let body =
             json!({"username": name, "password": "pw", "admin_token": ADMIN, "tenant_name": "t1"});
@@ -122,6 +129,9 @@ fn hostile_usernames_are_refused_and_never_reach_storage() {
             .json(),
         json!([])
     );
+    // Letters of any script are welcome.
+    let body = json!({"username": "Zoë-日本", "password": "pw", "admin_token": ADMIN, "tenant_name": "t1"});
+    assert_eq!(broker.post("/create_user", &body).status, 200);
     // A name far longer than a storage key may be is a plain 401/400.
     let long = "x".repeat(70_000);
     let body = json!({"username": long, "password": "pw"});
