@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Takes a consistent backup of a running Broker's database: a gzipped tar of
-# the --db directory, restorable as it is (README, "Backup and restore").
+# the --db directory, restorable as it is (docs/operations.md, "Backup and
+# restore").
 #
 #   scripts/backup.sh [OUTPUT]        default broker-backup-<UTC time>.tar.gz
 #

@@ -6,8 +6,9 @@ and how long a restart takes to serve again.
 
     scripts/tenants.py target/release/broker [tenants]
 
-Used for the storage-layout figures in README.md; not part of the test suite
-(the suite checks the same numbers for the current build in tests/history.rs).
+Used for the storage-layout figures in docs/operations.md ("Storage"); not
+part of the test suite (the suite checks the same numbers for the current
+build in tests/history.rs).
 """
 import http.client, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
