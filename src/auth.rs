@@ -13,7 +13,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use headers::authorization::{Authorization, Basic, Bearer};
 use headers::{HeaderMap, HeaderMapExt};
 use hmac::{Hmac, Mac};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::{collections::HashMap, net::IpAddr, sync::Arc, sync::Mutex};
 use tokio::sync::Semaphore;
@@ -27,7 +26,7 @@ pub struct Auth {
     store: Store,
     /// jwt_secret, jwt_expiry, admin_token and login_limit (password checks
     /// that did not pass, allowed per client address and minute; admin_token
-    /// guesses are not counted: README, "Threat model", says why).
+    /// guesses are not counted: docs/operations.md, "Threat model", says why).
     config: Config,
     /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
@@ -96,12 +95,12 @@ impl Auth {
         let invalid = || Error::Unauthorized("invalid token".into());
         let (signed, signature) = token.rsplit_once('.').ok_or_else(invalid)?;
         let (header, claims) = signed.split_once('.').ok_or_else(invalid)?;
-        let header: Value = decode_json(header).ok_or_else(invalid)?;
+        let header = decode_json(header).ok_or_else(invalid)?;
         let signature = BASE64URL.decode(signature).map_err(|_| invalid())?;
         let mac = hmac(&self.config.jwt_secret, signed);
         let signed_here = header["alg"] == "HS256" && mac.verify_slice(&signature).is_ok();
         ensure(signed_here, invalid())?;
-        let claims: Value = decode_json(claims).ok_or_else(invalid)?;
+        let claims = decode_json(claims).ok_or_else(invalid)?;
         let expires = claims["exp"].as_u64().ok_or_else(invalid)?;
         let now = crate::clock::now_ms() / 1000;
         ensure(expires > now, Error::Unauthorized("token expired".into()))?;
@@ -155,7 +154,7 @@ impl Auth {
         // Only users that exist get here: the cache is bounded by them.
         lock(&self.verified).insert(name.to_string(), digest);
         // The check passed: it gives its count back.
-        if let Some(count) = lock(&self.failures).1.get_mut(&counted(client)) {
+        if let Some(count) = lock(&self.failures).1.get_mut(&client) {
             *count = count.saturating_sub(1);
         }
         Ok(caller)
@@ -179,7 +178,7 @@ impl Auth {
         if table.0 != minute || table.1.len() >= 100_000 {
             *table = (minute, HashMap::new());
         }
-        let count = table.1.entry(counted(address)).or_default();
+        let count = table.1.entry(address).or_default();
         let refused = Error::TooMany("too many failed password checks".into(), 60);
         ensure(*count < self.config.login_limit, refused)?;
         *count += 1;
@@ -212,15 +211,6 @@ impl Auth {
     }
 }
 
-/// The client a limit counts: an IPv6 client by its /64, the block one
-/// host usually has whole, so that rotating addresses does not escape it.
-fn counted(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V6(address) => IpAddr::V6((address.to_bits() & !0 << 64).into()),
-        address => address,
-    }
-}
-
 /// The one check of whether a known user may do anything at all: the
 /// caller it makes, if so, whose JWT (if any) expires at `expires`.
 fn allowed(user: User, expires: Option<u64>) -> Result<Caller, Error> {
@@ -234,6 +224,6 @@ fn hmac(key: &str, message: &str) -> Hmac<sha2::Sha256> {
     mac
 }
 
-fn decode_json<T: DeserializeOwned>(part: &str) -> Option<T> {
+fn decode_json(part: &str) -> Option<Value> {
     serde_json::from_slice(&BASE64URL.decode(part).ok()?).ok()
 }

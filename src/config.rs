@@ -38,12 +38,13 @@ flags! {
     domain: String = "", "domain name to obtain a certificate for";
     admin_token: String = "letmein", "token that authorizes user management";
     keep_alive: u64 = "30", "seconds between SSE keep-alive comments (0 = off)";
-    max_body: usize = "1048576", "largest accepted request body in bytes";
+    max_body: usize = "65536", "largest request body and stored event frame, in bytes";
     ntp_servers: String = NTP_SERVERS, "comma-separated NTP servers, host[:port]";
     ntp_interval: NonZeroU64 = "3600", "seconds between NTP clock corrections";
     acme_directory: String = LETS_ENCRYPT, "ACME directory URL";
     acme_ca: String = "", "PEM file of extra roots to trust for the ACME server";
-    history: u64 = "10000", "events kept per tenant for replay (0 = all)";
+    history: u64 = "2000", "events kept per tenant for replay (0 = all)";
+    max_names: u64 = "2000", "distinct event names per tenant";
     login_limit: u64 = "20", "failed password checks per client address and minute";
     max_streams: usize = "16", "open streams per user";
 }

@@ -6,12 +6,12 @@ use crate::error::{Error, ensure, lock};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
-use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::{collections::HashMap, convert::Infallible, fmt::Write, time::Duration};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tokio_stream::{StreamExt, wrappers::UnboundedReceiverStream};
+use tokio_util::sync::CancellationToken;
 
 /// Bytes a stream may have waiting (beyond one frame of any size) before it
 /// is ended: a subscriber that cannot keep up resumes with Last-Event-ID
@@ -25,11 +25,13 @@ pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// One SSE frame, `id:<id>\nevent:<name>\ndata:<json>\n\n`, pure ASCII:
 /// broker-client decodes byte by byte as Latin-1, so every non-ASCII
-/// character of the JSON (only strings can hold one) becomes `\uXXXX`.
-pub fn frame(id: u64, name: &str, data: &Value) -> Bytes {
+/// character of the JSON (only strings can hold one) becomes `\uXXXX`. The
+/// JSON is the text as sent, numbers and key order kept; its line breaks go,
+/// since JSON allows them only between tokens (a string escapes its own).
+pub fn frame(id: u64, name: &str, data: &str) -> Bytes {
     let mut frame = format!("id:{id}\nevent:{name}\ndata:");
     // UTF-16 units, as the `\u` escapes of JSON want them (two for an emoji).
-    for unit in data.to_string().encode_utf16() {
+    for unit in data.replace(['\r', '\n'], "").encode_utf16() {
         if unit < 0x80 {
             frame.push(char::from(unit as u8));
         } else {
@@ -54,38 +56,26 @@ pub struct Hub {
 
 /// One open stream. It stays in the hub until its response body is gone,
 /// so it counts toward `--max_streams` until the client has really seen its
-/// end. Ending it (`end`) stops the body before its next frame, backlog or
-/// live alike, and the response ends cleanly: the chunked terminator, which
+/// end. Ending it (cancelling `ended`) stops the body before its next frame,
+/// backlog or live alike, even one waiting for live frames, and the response
+/// ends cleanly: the chunked terminator (END_STREAM over HTTP/2), which
 /// broker-client reports with `onclose`, never a cut connection.
 struct Subscriber {
     username: String,
     /// Unix time at which the stream's JWT expires; Basic streams never do.
     expires: Option<u64>,
     frames: UnboundedSender<Bytes>,
-    /// Bytes sent but not yet taken by the response body, or about `ENDED`
-    /// once the stream is to end.
+    /// Bytes sent but not yet taken by the response body.
     queued: Arc<AtomicUsize>,
+    ended: CancellationToken,
 }
-
-/// What `queued` is set to when a stream is to end. A stream counts as ended
-/// from `ENDED / 2` up: far above any real queue, and far from both ends of
-/// `usize`, so frames still added or taken never carry it across.
-const ENDED: usize = usize::MAX / 2;
 
 impl Subscriber {
     /// Queues a frame; a stream over its limit is ended instead.
     fn send(&self, frame: Bytes) {
         let queued = self.queued.fetch_add(frame.len(), Relaxed);
         if queued >= QUEUE_LIMIT || self.frames.send(frame).is_err() {
-            self.end();
-        }
-    }
-
-    /// Ends the stream after the frame it is writing. The empty frame wakes
-    /// a body waiting for live ones; it is never written.
-    fn end(&self) {
-        if self.queued.swap(ENDED, Relaxed) < ENDED / 2 {
-            let _ = self.frames.send(Bytes::new());
+            self.ended.cancel();
         }
     }
 }
@@ -128,16 +118,17 @@ impl Hub {
             Some(frame)
         });
         let all = tokio_stream::iter(backlog).chain(live);
-        let all = all.map_while(|frame| frame);
         // Checked before every frame, so an ended stream sends nothing more.
-        let state = queued.clone();
-        let all = all.take_while(move |_| state.load(Relaxed) < ENDED / 2);
+        let ended = CancellationToken::new();
+        let all = all.map_while(|frame| frame);
+        let all = futures_util::StreamExt::take_until(all, ended.clone().cancelled_owned());
         let body = StreamBody::new(all.map(|frame| Ok(Frame::data(frame))));
         subscribers.push(Subscriber {
             username: username.to_string(),
             expires,
             frames,
             queued,
+            ended,
         });
         Ok(body.boxed_unsync())
     }
@@ -187,7 +178,7 @@ impl Hub {
         lock(&self.tenants).retain(|_, subscribers| {
             subscribers.retain(|subscriber| {
                 if ending(subscriber) {
-                    subscriber.end();
+                    subscriber.ended.cancel();
                 }
                 !subscriber.frames.is_closed()
             });

@@ -16,21 +16,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::{process::ExitCode, sync::Arc, time::Duration};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-
-/// A client's byte stream, plain TCP or TLS over it.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+use tokio_util::either::Either;
 
 /// How long a client may take over its TLS handshake or request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// jemalloc, in the glibc and the static musl build alike, chosen by
-/// measurement (README, "The allocator"): musl's own malloc made the static
+/// measurement (docs/performance.md, "The allocator"): musl's own malloc made the static
 /// binary a third slower, and both it and glibc's leave more memory per idle
 /// stream.
 #[global_allocator]
@@ -64,7 +60,7 @@ async fn run(flags: config::Config) -> Result<(), String> {
     eprintln!("broker: up to {files} open files");
     clock::start(flags.ntp_servers.clone(), flags.ntp_interval.get());
     let hub = hub::Hub::new(flags.max_streams);
-    let store = store::Store::open(&flags.db, flags.history, hub.clone())?;
+    let store = store::Store::open(&flags, hub.clone())?;
     let tls = flags.secure.then(|| tls::acceptor(&flags)).transpose()?;
     // Dual-stack on [::], so IPv4 clients arrive as mapped addresses; on
     // 0.0.0.0 alone where the host has no IPv6.
@@ -111,7 +107,7 @@ async fn run(flags: config::Config) -> Result<(), String> {
 /// client alone.
 async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, drain: Watcher) {
     let Ok(peer) = tcp.peer_addr() else { return };
-    // An IPv4 client by its IPv4 address, in the log and the limits.
+    // An IPv4 client by its IPv4 address, in the limits.
     let client = peer.ip().to_canonical();
     let _ = tcp.set_nodelay(true);
     // A socket that accepts nothing for a minute while a response waits to
@@ -119,10 +115,10 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
     // disconnected, and whatever its stream had queued is freed.
     let write_timeout = Some(Duration::from_secs(60));
     let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(write_timeout);
-    let io: Box<dyn Io> = match tls {
-        None => Box::new(tcp),
+    let io = match tls {
+        None => Either::Left(tcp),
         Some(tls) => match timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
-            Ok(Ok(stream)) => Box::new(stream),
+            Ok(Ok(stream)) => Either::Right(stream),
             _ => return,
         },
     };

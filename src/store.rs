@@ -21,14 +21,15 @@
 //! acknowledged is lost, and writes work within seconds of the cause going
 //! away.
 
+use crate::config::Config;
 use crate::error::{Error, ensure, lock};
 use crate::hub::{self, Body, Hub};
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json, value::RawValue};
 use std::time::{Duration, Instant};
-use std::{collections::HashMap, path::Path, sync::Arc, sync::Mutex};
+use std::{collections::HashMap, sync::Arc, sync::Mutex};
 
 /// Longest username. Longer names cannot exist, and never reach fjall,
 /// whose keys must stay under 64 KiB.
@@ -71,19 +72,14 @@ pub struct Changes {
     pub tenant_name: Option<String>,
     /// The password: the HTTP layer swaps in its hash before it is written.
     pub password: Option<String>,
-    /// `Some(None)` removes the email.
-    #[serde(default, deserialize_with = "present")]
+    /// `Some(None)`, sent as `null`, removes the email (and the data).
+    #[serde(default, with = "serde_with::rust::double_option")]
     pub email: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    pub data: Option<Value>,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    pub data: Option<Option<Value>>,
     /// Set by the revocation calls alone.
     #[serde(skip)]
     pub revoked: Option<bool>,
-}
-
-/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
-fn present<'a, D: Deserializer<'a>, T: Deserialize<'a>>(field: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(field).map(Some)
 }
 
 /// The user of an authenticated request and, for a JWT, when it expires.
@@ -92,11 +88,21 @@ pub struct Caller {
     pub expires: Option<u64>,
 }
 
-/// An event as inserted; its tenant is always the inserting user's.
+/// An event as inserted; its tenant is always the inserting user's. The
+/// data stays the text that was sent, checked as JSON but never parsed into
+/// a tree: its numbers and key order reach streams as sent.
 #[derive(Deserialize)]
 pub struct Event {
     pub event: String,
-    pub data: Value,
+    pub data: Box<RawValue>,
+}
+
+/// What the writers know of a tenant since start: its newest event id and
+/// how many event names it has (`--max_names` bounds them).
+#[derive(Clone, Copy)]
+struct Tenant {
+    newest: u64,
+    names: u64,
 }
 
 /// Cheap handle to the database, cloned into every request. Whatever
@@ -112,24 +118,26 @@ struct Shared {
     events: Keyspace,
     latest: Keyspace,
     names: Keyspace,
-    /// tenant → id of its newest event, as far as known. Held by every write
-    /// from reading to publishing, so writes apply one at a time and streams
-    /// see ids in order (fjall's journal serializes writes anyway).
-    writing: Mutex<HashMap<String, u64>>,
+    /// Every tenant written to since start. Held by every write from
+    /// reading to publishing, so writes apply one at a time and streams see
+    /// ids in order (fjall's journal serializes writes anyway).
+    writing: Mutex<HashMap<String, Tenant>>,
     /// When the heartbeat last reached the disk, by the monotonic clock
-    /// (NTP corrections and clock steps do not move it): health is read from
-    /// here, so no request ever waits on the disk for it. Held for the
-    /// moment of a read or an assignment, never across a write.
-    beat: Mutex<Instant>,
-    /// Events kept per tenant (`--history`; 0 keeps all).
-    history: u64,
+    /// (NTP corrections and clock steps do not move it), or `None` since a
+    /// write failed: health is read from here, so no request ever waits on
+    /// the disk for it. Held for the moment of a read or an assignment,
+    /// never across a write.
+    beat: Mutex<Option<Instant>>,
+    /// `--history`, `--max_names` and `--max_body`: what bounds a tenant.
+    limits: Config,
     /// Where inserted events go live.
     hub: Hub,
 }
 
 impl Store {
     /// Opens the database and starts the thread that watches over it.
-    pub fn open(path: &Path, history: u64, hub: Hub) -> Result<Store, String> {
+    pub fn open(limits: &Config, hub: Hub) -> Result<Store, String> {
+        let path = &limits.db;
         let failed = |error| format!("cannot open --db {}: {error}", path.display());
         // A journal of at most 64 MiB (fjall's least) bounds what a start
         // replays, after a crash or a clean shutdown alike (shutdown does not
@@ -146,13 +154,12 @@ impl Store {
             names: keyspace("names")?,
             db: db.clone(),
             writing: Mutex::default(),
-            beat: Mutex::new(Instant::now()),
-            history,
+            beat: Mutex::new(Some(Instant::now())),
+            limits: limits.clone(),
             hub,
         }));
         let watched = store.clone();
-        let path = path.to_path_buf();
-        std::thread::spawn(move || watched.watch(&path));
+        std::thread::spawn(move || watched.watch());
         Ok(store)
     }
 
@@ -161,7 +168,7 @@ impl Store {
     /// bounds what a power cut can. While the heartbeat fails, Broker says
     /// so (503); once a megabyte can be written beside the database again,
     /// it exits for systemd to restart it on a database that works.
-    fn watch(self, path: &Path) {
+    fn watch(self) {
         let mut failing = false;
         loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -169,7 +176,7 @@ impl Store {
             let beat = self.0.names.insert("/heartbeat", "beat");
             let beat = beat.and_then(|()| self.0.db.persist(PersistMode::SyncAll));
             // Reached the disk now, once the sync is done.
-            let beat = beat.inspect(|()| *lock(&self.0.beat) = Instant::now());
+            let beat = beat.inspect(|()| *lock(&self.0.beat) = Some(Instant::now()));
             let Err(error) = beat else { continue };
             // Said once, not every second.
             if !std::mem::replace(&mut failing, true) {
@@ -177,20 +184,31 @@ impl Store {
             }
             // Random bytes, which no filesystem compresses to nothing.
             let noise = (0..1 << 16).flat_map(|_| *uuid::Uuid::new_v4().as_bytes());
-            if std::fs::write(path.join("probe"), noise.collect::<Vec<u8>>()).is_ok() {
-                let _ = std::fs::remove_file(path.join("probe"));
+            let probe = self.0.limits.db.join("probe");
+            if std::fs::write(&probe, noise.collect::<Vec<u8>>()).is_ok() {
+                let _ = std::fs::remove_file(probe);
                 eprintln!("storage: the disk writes again; exiting for a clean restart");
                 std::process::exit(1);
             }
         }
     }
 
-    /// Whether a heartbeat reached the disk in the last three seconds: one
-    /// fails once fjall refuses writes, and waits while the disk is stalled.
-    /// (Beats are a second's sleep, a write and a sync apart: a disk that
-    /// syncs in under two seconds, however busy, stays healthy.)
+    /// Whether a heartbeat reached the disk in the last three seconds, and
+    /// no write failed since: one fails once fjall refuses writes, and waits
+    /// while the disk is stalled. (Beats are a second's sleep, a write and a
+    /// sync apart: a disk that syncs in under two seconds, however busy,
+    /// stays healthy.)
     pub fn healthy(&self) -> bool {
-        lock(&self.0.beat).elapsed() < Duration::from_secs(3)
+        lock(&self.0.beat).is_some_and(|beat| beat.elapsed() < Duration::from_secs(3))
+    }
+
+    /// A write's outcome: a failed one turns health to 503 at once, until a
+    /// heartbeat reaches the disk again.
+    fn written<T>(&self, result: fjall::Result<T>) -> Result<T, Error> {
+        if result.is_err() {
+            *lock(&self.0.beat) = None;
+        }
+        Ok(result?)
     }
 
     pub fn user(&self, username: &str) -> Result<Option<User>, Error> {
@@ -213,21 +231,31 @@ impl Store {
     /// publication, so every stream sees ids in order; and the author is
     /// checked once more while they wait, so an event whose body arrived
     /// after its author was revoked or moved is refused, never written to
-    /// the old tenant.
+    /// the old tenant. A tenant's disk use is bounded by counts: its frames,
+    /// each at most `--max_body`, are its `--history` newest events and the
+    /// latest of at most `--max_names` names.
     pub fn insert(&self, author: &User, event: Event) -> Result<Value, Error> {
         let mut writing = lock(&self.0.writing);
         self.unchanged(author)?;
         let mut batch = self.0.db.batch();
         let tenant = &author.tenant_name;
-        let id = self.last_id(&writing, tenant)? + 1;
+        let first = !writing.contains_key(tenant);
+        let known = self.tenant(&writing, tenant)?;
+        let id = known.newest + 1;
         let key_of = |id: u64| key(tenant, &id.to_be_bytes());
-        let frame = hub::frame(id, &event.event, &event.data);
+        let frame = hub::frame(id, &event.event, event.data.get());
+        let too_large = Error::Invalid("event over --max_body once framed".into());
+        ensure(frame.len() <= self.0.limits.max_body, too_large)?;
         let name = key(tenant, event.event.as_bytes());
+        let previous = self.0.names.get(&name)?;
+        let names = known.names + u64::from(previous.is_none());
+        let full = Error::Invalid("this tenant has --max_names event names; reuse one".into());
+        ensure(names <= self.0.limits.max_names, full)?;
         // The event this one supersedes leaves the latest set. Each key is
         // written exactly once (ids only grow), so the weak tombstones of
         // `remove_weak` are safe and let compaction drop both sides early:
         // inserts run about 40% faster than with `remove`.
-        if let Some(previous) = self.0.names.get(&name)? {
+        if let Some(previous) = previous {
             batch.remove_weak(&self.0.latest, key(tenant, &previous));
         }
         batch.insert(&self.0.names, name, id.to_be_bytes());
@@ -237,9 +265,10 @@ impl Store {
         // so disk use stays bounded whatever the number of inserts. The
         // tenant's first insert since start also removes whatever an earlier
         // run with a larger `--history` kept.
-        if self.0.history > 0 && id > self.0.history {
-            let cut = id - self.0.history;
-            if writing.contains_key(tenant) {
+        let history = self.0.limits.history;
+        if history > 0 && id > history {
+            let cut = id - history;
+            if !first {
                 batch.remove_weak(&self.0.events, key_of(cut));
             } else {
                 // No read on the hot path: only the first insert looks.
@@ -248,8 +277,8 @@ impl Store {
                 }
             }
         }
-        batch.commit()?;
-        writing.insert(tenant.clone(), id);
+        self.written(batch.commit())?;
+        writing.insert(tenant.clone(), Tenant { newest: id, names });
         self.0.hub.publish(tenant, frame);
         Ok(json!({ "id": id }))
     }
@@ -272,10 +301,10 @@ impl Store {
         user.tenant_name = changes.tenant_name.unwrap_or(user.tenant_name);
         user.password = changes.password.unwrap_or(user.password);
         user.email = changes.email.unwrap_or(user.email);
-        user.data = changes.data.unwrap_or(user.data);
+        user.data = changes.data.map_or(user.data, Option::unwrap_or_default);
         user.revoked = changes.revoked.unwrap_or(user.revoked);
         let record = json!(user).to_string();
-        self.0.users.insert(&user.username, record)?;
+        self.written(self.0.users.insert(&user.username, record))?;
         // The one place where a credential change reaches open streams: a
         // new password or tenant, or a revocation, ends them, and the client
         // authenticates again. JWTs and cached Basic credentials are bound
@@ -294,14 +323,18 @@ impl Store {
         ensure(same, Error::Unauthorized("credentials changed".into()))
     }
 
-    /// The newest id of a tenant: known, or the last key of its log (no scan).
-    fn last_id(&self, known: &HashMap<String, u64>, tenant: &str) -> Result<u64, Error> {
-        if let Some(id) = known.get(tenant) {
-            return Ok(*id);
+    /// What is known of a tenant, or else read from the disk: its newest id
+    /// is the last key of its log (no scan), and its names are counted (a
+    /// read no larger than the sync a stream starts with).
+    fn tenant(&self, known: &HashMap<String, Tenant>, tenant: &str) -> Result<Tenant, Error> {
+        if let Some(known) = known.get(tenant) {
+            return Ok(*known);
         }
         let last = self.0.events.prefix(key(tenant, b"")).next_back();
         let last = last.map(|entry| entry.key()).transpose()?;
-        Ok(last.map_or(0, |key| id_of(&key)))
+        let newest = last.map_or(0, |key| id_of(&key));
+        let names = self.0.names.prefix(key(tenant, b"")).count() as u64;
+        Ok(Tenant { newest, names })
     }
 
     /// Opens a stream for the caller. It starts with every event after
@@ -312,7 +345,7 @@ impl Store {
     pub fn subscribe(&self, caller: &Caller, after: Option<u64>) -> Result<Body, Error> {
         let tenant = &caller.user.tenant_name;
         let writing = lock(&self.0.writing);
-        let upto = self.last_id(&writing, tenant)?;
+        let upto = self.tenant(&writing, tenant)?.newest;
         // Opened only if the user is still as authenticated: a credential
         // change waits for `writing`, and then ends the stream.
         self.unchanged(&caller.user)?;

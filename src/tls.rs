@@ -13,14 +13,15 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig, crypto::ring};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_stream::StreamExt;
 
 /// The acceptor for `--secure`. `Err` names the file or setting that
 /// failed, for the start-up message.
 pub fn acceptor(config: &Config) -> Result<TlsAcceptor, String> {
-    // ring, not the default aws-lc-rs: no cmake or C++ toolchain to build it.
-    let _ = ring::default_provider().install_default();
+    // rustls uses ring, the one provider compiled in (not the default
+    // aws-lc-rs: no cmake or C++ toolchain to build it); a test fails if a
+    // second one ever arrives.
     let builder = ServerConfig::builder().with_no_client_auth();
     let mut server = if config.auto_cert {
         builder.with_cert_resolver(acme(config)?)
@@ -37,14 +38,11 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
-/// Every certificate in a PEM file; none at all is an error too.
+/// Every certificate in a PEM file. (A file with none is refused by rustls,
+/// less clearly, as an invalid certificate.)
 fn certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let read = CertificateDer::pem_file_iter(path).and_then(Iterator::collect);
-    let chain: Vec<_> = read.map_err(|error| format!("cannot read {path:?}: {error}"))?;
-    if chain.is_empty() {
-        return Err(format!("no certificate in {path:?}"));
-    }
-    Ok(chain)
+    read.map_err(|error| format!("cannot read {path:?}: {error}"))
 }
 
 /// Starts obtaining (or loading from `--certs`) and renewing the certificate

@@ -102,7 +102,8 @@ fn too_many_requests_waiting_for_argon2_are_refused_with_503() {
 
 #[test]
 fn hostile_usernames_are_refused_and_never_reach_storage() {
-    let broker = Broker::start(&[]);
+    // A body large enough for a username longer than a storage key.
+    let broker = Broker::start(&["--max_body=1048576"]);
     for name in [
         "\u{7}bob",
         "bo\u{0}b",
@@ -326,46 +327,35 @@ impl Drop for LoopbackAddresses {
 }
 
 #[test]
-fn ipv6_clients_are_served_and_limited_by_their_64() {
+fn ipv6_clients_are_served_and_limited_by_their_address() {
     let broker = Broker::start(&["--login_limit=4"]);
     early_in_a_minute();
     broker.create_user("bob", "right", "t1");
     // Served over IPv6 as over IPv4, on the same port.
     let right = json!({"username": "bob", "password": "right"});
     assert_eq!(broker.post_from("::1", "/login", &right).status, 200);
-    // Two addresses of one /64 (one host) and one of another.
-    let _addresses = LoopbackAddresses::add(&[
-        "fd00:b0:0:1::2",
-        "fd00:b0:0:1::3",
-        "fd00:b0:0:1::4",
-        "fd00:b0:0:2::2",
-    ]);
+    // Each IPv6 address is counted on its own (counting a client by its
+    // /64 was retired for the line budget: LOC_BUDGET.md).
+    let _addresses = LoopbackAddresses::add(&["fd00:b0:0:1::2", "fd00:b0:0:1::3"]);
     let wrong = json!({"username": "bob", "password": "wrong"});
-    for from in ["fd00:b0:0:1::2", "fd00:b0:0:1::3"] {
-        for _ in 0..2 {
-            broker.post_from(from, "/login", &wrong).assert_error(401);
-        }
+    for _ in 0..4 {
+        broker
+            .post_from("fd00:b0:0:1::2", "/login", &wrong)
+            .assert_error(401);
     }
-    // Rotating addresses within the /64 does not escape the limit…
     broker
         .post_from("fd00:b0:0:1::2", "/login", &right)
         .assert_error(429);
-    broker
-        .post_from("fd00:b0:0:1::4", "/login", &right)
-        .assert_error(429);
-    // …while another /64 is not affected.
+    // Another address is not affected.
     assert_eq!(
-        broker.post_from("fd00:b0:0:2::2", "/login", &right).status,
+        broker.post_from("fd00:b0:0:1::3", "/login", &right).status,
         200
     );
-    // The log shows IPv4 clients as IPv4 addresses, IPv6 ones as they are.
-    assert!(broker.logged("127.0.0.1 POST /create_user 200"));
-    assert!(broker.logged("fd00:b0:0:1::3 POST /login 401"));
 }
 
 #[test]
 fn a_stream_counts_toward_max_streams_until_its_response_has_ended() {
-    let broker = Broker::start(&["--max_streams=1"]);
+    let broker = Broker::start(&["--max_streams=1", "--max_body=1048576"]);
     broker.create_user("bob", "pw", "t1");
     let jwt = broker.login("bob", "pw");
     for n in 0..40 {

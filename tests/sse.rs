@@ -238,7 +238,7 @@ fn keep_alive_comments_arrive_at_the_interval() {
 
 #[test]
 fn ending_a_stream_ends_its_backlog_too() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--max_body=1048576"]);
     let jwt = user(&broker, "bob", "t1");
     for _ in 0..40 {
         broker.insert(&jwt, "big", &json!("x".repeat(900_000)));
@@ -306,7 +306,7 @@ fn tenants_whose_names_are_prefixes_of_each_other_stay_apart() {
 
 #[test]
 fn a_subscriber_that_stops_reading_is_cut_off_without_slowing_others() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::start(&["--max_body=1048576"]);
     let jwt = user(&broker, "bob", "t1");
     let mut stalled = broker.sse(&[("Authorization", &bearer(&jwt))]);
     let mut reader = broker.sse(&[("Authorization", &bearer(&jwt))]);
