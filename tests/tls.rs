@@ -460,3 +460,19 @@ fn auto_cert_renews_a_certificate_near_expiry_without_a_restart() {
         format!("{}{}", key.serialize_pem(), old.pem()).into_bytes()
     );
 }
+
+/// rustls picks its crypto provider by itself only while one is compiled in
+/// (ring: src/tls.rs installs none). A second one, aws-lc-rs say, arriving
+/// with some dependency's default features, would make every HTTPS start-up
+/// panic; this names the cause before that happens.
+#[test]
+fn ring_is_the_only_rustls_crypto_provider_in_the_build() {
+    let lock = include_str!("../Cargo.lock");
+    for second in ["aws-lc-rs", "aws-lc-sys"] {
+        assert!(
+            !lock.contains(&format!("name = \"{second}\"")),
+            "{second} is in Cargo.lock: rustls now has two providers; install ring \
+             with CryptoProvider::install_default in src/tls.rs, or keep {second} out"
+        );
+    }
+}
