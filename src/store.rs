@@ -243,14 +243,14 @@ impl Store {
         let known = self.tenant(&writing, tenant)?;
         let id = known.newest + 1;
         let key_of = |id: u64| key(tenant, &id.to_be_bytes());
-        let frame = hub::frame(id, &event.event, event.data.get());
-        let too_large = Error::Invalid("event over --max_body once framed".into());
-        ensure(frame.len() <= self.0.limits.max_body, too_large)?;
         let name = key(tenant, event.event.as_bytes());
         let previous = self.0.names.get(&name)?;
         let names = known.names + u64::from(previous.is_none());
         let full = Error::Invalid("this tenant has --max_names event names; reuse one".into());
         ensure(names <= self.0.limits.max_names, full)?;
+        let frame = hub::frame(id, &event.event, event.data.get());
+        let too_large = Error::Invalid("event over --max_body once framed".into());
+        ensure(frame.len() <= self.0.limits.max_body, too_large)?;
         // The event this one supersedes leaves the latest set. Each key is
         // written exactly once (ids only grow), so the weak tombstones of
         // `remove_weak` are safe and let compaction drop both sides early:
