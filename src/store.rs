@@ -265,9 +265,8 @@ impl Store {
         // so disk use stays bounded whatever the number of inserts. The
         // tenant's first insert since start also removes whatever an earlier
         // run with a larger `--history` kept.
-        let history = self.0.limits.history;
-        if history > 0 && id > history {
-            let cut = id - history;
+        if self.0.limits.history > 0 && id > self.0.limits.history {
+            let cut = id - self.0.limits.history;
             if !first {
                 batch.remove_weak(&self.0.events, key_of(cut));
             } else {
