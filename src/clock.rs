@@ -29,9 +29,8 @@ pub fn start(servers: String, interval: u64) {
         let client = rsntp::SntpClient::with_config(config);
         let mut synced = true;
         loop {
-            let answer = servers
-                .split(',')
-                .find_map(|server| client.synchronize(server).ok());
+            let ask = |server| client.synchronize(server).ok();
+            let answer = servers.split(',').find_map(ask);
             let offset = answer.map(|answer| answer.clock_offset().as_secs_f64() * 1e3);
             if let Some(offset) = offset {
                 OFFSET_MS.store(offset as i64, Relaxed);

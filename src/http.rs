@@ -142,7 +142,10 @@ async fn json_body<T: DeserializeOwned>(state: &State, request: HttpRequest) -> 
         Err(error) if error.is::<LengthLimitError>() => return Err(too_large()),
         Err(_) => return Err(Error::Invalid("could not read the request body".into()).into()),
     };
-    let body = serde_json::from_slice(&bytes);
+    // Read as a tree first, which serde_json bounds (128 levels deep, no
+    // lone surrogate): event data, kept as sent, then breaks no subscriber.
+    let parse = |_| serde_json::from_slice(&bytes);
+    let body = serde_json::from_slice::<Value>(&bytes).and_then(parse);
     Ok(body.map_err(|error| Error::Invalid(format!("invalid JSON: {error}")))?)
 }
 

@@ -6,7 +6,7 @@ use crate::error::{Error, ensure, lock};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::{collections::HashMap, convert::Infallible, fmt::Write, time::Duration};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -50,8 +50,12 @@ pub struct Hub {
     tenants: Arc<Mutex<HashMap<String, Vec<Subscriber>>>>,
     /// Most open streams one user may hold (`--max_streams`).
     limit: usize,
-    /// Set once shutdown begins: no stream opens after it.
-    closing: Arc<AtomicBool>,
+    /// Cancelled once shutdown begins. Every stream's own token is a child
+    /// of it: cancelling it ends them all, and a stream whose check was
+    /// still in flight is born ended, so it answers 200 and ends at once,
+    /// cleanly, rather than being cut without its end when the process
+    /// exits.
+    closing: CancellationToken,
 }
 
 /// One open stream. It stays in the hub until its response body is gone,
@@ -71,10 +75,11 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    /// Queues a frame; a stream over its limit is ended instead.
+    /// Queues a frame; a stream over its limit is ended instead, and an
+    /// ended one queues nothing more.
     fn send(&self, frame: Bytes) {
         let queued = self.queued.fetch_add(frame.len(), Relaxed);
-        if queued >= QUEUE_LIMIT || self.frames.send(frame).is_err() {
+        if queued >= QUEUE_LIMIT || self.ended.is_cancelled() || self.frames.send(frame).is_err() {
             self.ended.cancel();
         }
     }
@@ -101,10 +106,6 @@ impl Hub {
         backlog: impl Iterator<Item = Option<Bytes>> + Send + 'static,
     ) -> Result<Body, Error> {
         let mut tenants = lock(&self.tenants);
-        // Shutdown has begun: a stream whose check was still in flight is
-        // refused rather than cut without its end when the process exits.
-        let closing = Error::Unavailable("shutting down".into());
-        ensure(!self.closing.load(Relaxed), closing)?;
         let subscribers = tenants.entry(tenant.to_string()).or_default();
         let mine = |other: &&Subscriber| other.username == username && !other.frames.is_closed();
         let refused = Error::TooMany("too many open streams for this user".into(), 10);
@@ -119,7 +120,7 @@ impl Hub {
         });
         let all = tokio_stream::iter(backlog).chain(live);
         // Checked before every frame, so an ended stream sends nothing more.
-        let ended = CancellationToken::new();
+        let ended = self.closing.child_token();
         let all = all.map_while(|frame| frame);
         let all = futures_util::StreamExt::take_until(all, ended.clone().cancelled_owned());
         let body = StreamBody::new(all.map(|frame| Ok(Frame::data(frame))));
@@ -146,10 +147,9 @@ impl Hub {
         self.sweep(|subscriber| subscriber.username == username);
     }
 
-    /// Ends every stream, and refuses new ones, for shutdown.
+    /// Ends every stream, and every one opened after, for shutdown.
     pub fn close_all(&self) {
-        self.closing.store(true, Relaxed);
-        self.sweep(|_| true);
+        self.closing.cancel();
     }
 
     /// Once a second: end the streams whose JWT expired and forget those

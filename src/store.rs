@@ -322,18 +322,24 @@ impl Store {
         ensure(same, Error::Unauthorized("credentials changed".into()))
     }
 
-    /// What is known of a tenant, or else read from the disk: its newest id
-    /// is the last key of its log (no scan), and its names are counted (a
-    /// read no larger than the sync a stream starts with).
+    /// What is known of a tenant, or else read from the disk for its first
+    /// insert since start: its newest id, and a count of its names (a read
+    /// no larger than the sync a stream starts with).
     fn tenant(&self, known: &HashMap<String, Tenant>, tenant: &str) -> Result<Tenant, Error> {
         if let Some(known) = known.get(tenant) {
             return Ok(*known);
         }
+        let names = self.0.names.prefix(key(tenant, b"")).count() as u64;
+        let newest = self.newest(tenant)?;
+        Ok(Tenant { newest, names })
+    }
+
+    /// The newest id of a tenant as stored: the last key of its log (no
+    /// scan). Called under `writing`, so no insert is half done.
+    fn newest(&self, tenant: &str) -> Result<u64, Error> {
         let last = self.0.events.prefix(key(tenant, b"")).next_back();
         let last = last.map(|entry| entry.key()).transpose()?;
-        let newest = last.map_or(0, |key| id_of(&key));
-        let names = self.0.names.prefix(key(tenant, b"")).count() as u64;
-        Ok(Tenant { newest, names })
+        Ok(last.map_or(0, |key| id_of(&key)))
     }
 
     /// Opens a stream for the caller. It starts with every event after
@@ -343,8 +349,8 @@ impl Store {
     /// a snapshot, so nothing falls between the two or arrives twice.
     pub fn subscribe(&self, caller: &Caller, after: Option<u64>) -> Result<Body, Error> {
         let tenant = &caller.user.tenant_name;
-        let writing = lock(&self.0.writing);
-        let upto = self.tenant(&writing, tenant)?.newest;
+        let _writing = lock(&self.0.writing);
+        let upto = self.newest(tenant)?;
         // Opened only if the user is still as authenticated: a credential
         // change waits for `writing`, and then ends the stream.
         self.unchanged(&caller.user)?;
