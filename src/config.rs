@@ -39,7 +39,7 @@ flags! {
     admin_token: String = "letmein", "token that authorizes user management";
     keep_alive: u64 = "30", "seconds between SSE keep-alive comments (0 = off)";
     max_body: usize = "65536", "largest request body and stored event frame, in bytes";
-    ntp_servers: String = NTP_SERVERS, "comma-separated NTP servers, host[:port]";
+    ntp_servers: String = NTP_SERVERS, "NTP servers host[:port], comma-separated; first answer wins";
     ntp_interval: NonZeroU64 = "3600", "seconds between NTP clock corrections";
     acme_directory: String = LETS_ENCRYPT, "ACME directory URL";
     acme_ca: String = "", "PEM file of extra roots to trust for the ACME server";
