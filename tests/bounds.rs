@@ -7,45 +7,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A tmpfs of a given size mounted for one test (tests run as root),
-/// unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Tmpfs(dir)
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-
-    /// Bytes in use on the filesystem, as `df` counts them.
-    fn used(&self) -> u64 {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.path().as_os_str().as_bytes()).unwrap();
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stats) }, 0);
-        (stats.f_blocks - stats.f_bfree) as u64 * stats.f_frsize as u64
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
-    }
-}
 
 /// `POST /insert` of a body as written; `None` if the broker could not be
 /// reached.

@@ -84,40 +84,6 @@ fn argon2_memory_is_given_back_after_a_burst_of_logins() {
     );
 }
 
-/// A small tmpfs mounted for one test (tests run as root), unmounted at the end.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Tmpfs(dir)
-    }
-
-    /// Writes a file until the filesystem is full.
-    fn fill(&self) {
-        let mut filler = std::fs::File::create(self.0.path().join("filler")).unwrap();
-        let block = vec![7u8; 64 * 1024];
-        while filler.write_all(&block).is_ok() {}
-        let _ = filler.sync_all();
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.0.path().join("filler")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
 /// What the broker logged besides requests, for failure messages.
 fn events_of(log: &std::sync::Mutex<Vec<String>>) -> String {
     let log = log.lock().unwrap();
