@@ -62,7 +62,7 @@ pub struct Hub {
 /// so it counts toward `--max_streams` until the client has really seen its
 /// end. Ending it (cancelling `ended`) stops the body before its next frame,
 /// backlog or live alike, even one waiting for live frames, and the response
-/// ends cleanly: the chunked terminator (END_STREAM over HTTP/2), which
+/// ends cleanly: the chunked terminator, which
 /// broker-client reports with `onclose`, never a cut connection.
 struct Subscriber {
     username: String,

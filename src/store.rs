@@ -89,8 +89,9 @@ pub struct Caller {
 }
 
 /// An event as inserted; its tenant is always the inserting user's. The
-/// data stays the text that was sent, checked as JSON but never parsed into
-/// a tree: its numbers and key order reach streams as sent.
+/// data stays the text that was sent (checked as JSON, and as a tree by
+/// `http::json_body`, but never rebuilt from one): its numbers and key
+/// order reach streams as sent.
 #[derive(Deserialize)]
 pub struct Event {
     pub event: String,
