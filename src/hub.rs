@@ -164,8 +164,11 @@ impl Hub {
             let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
             self.sweep(|subscriber| {
                 if ping {
-                    // The keep-alive comment.
-                    subscriber.send(Bytes::from_static(b":\n\n"));
+                    // The keep-alive: a comment line alone, with no blank
+                    // line after it, so no SSE parser dispatches a message
+                    // (WHATWG: only a blank line does), while proxies and
+                    // idle timers still see bytes.
+                    subscriber.send(Bytes::from_static(b":\n"));
                 }
                 subscriber.expires.is_some_and(|expires| expires <= now)
             });
