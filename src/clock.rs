@@ -19,15 +19,13 @@ pub fn now_ms() -> u64 {
 /// now and then every `interval` seconds: the offset of the first server
 /// that answers within a second, in the order given. (NTP is unauthenticated,
 /// so a server on the path can lie either way; docs/operations.md's threat model says
-/// what to do instead.) Start-up waits two seconds at most for the first
-/// measurement. Every correction is logged; a failure only after a success
-/// (or at start), so a dead server list costs one line, not one an hour.
+/// what to do instead.) Start-up does not wait for it: tokens issued in the
+/// first moments carry local time. Every measurement is logged, a failed one
+/// too (one line an `--ntp_interval`).
 pub fn start(servers: String, interval: u64) {
-    let (measured, first) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let config = rsntp::Config::default().timeout(Duration::from_secs(1));
         let client = rsntp::SntpClient::with_config(config);
-        let mut synced = true;
         loop {
             let ask = |server| client.synchronize(server).ok();
             let answer = servers.split(',').find_map(ask);
@@ -35,14 +33,11 @@ pub fn start(servers: String, interval: u64) {
             if let Some(offset) = offset {
                 OFFSET_MS.store(offset as i64, Relaxed);
                 eprintln!("ntp: clock corrected, offset {} ms", offset as i64);
-            } else if synced {
+            } else {
                 let offset = OFFSET_MS.load(Relaxed);
                 eprintln!("ntp: no server answered; using local clock + {offset} ms");
             }
-            synced = offset.is_some();
-            let _ = measured.send(());
             std::thread::sleep(Duration::from_secs(interval));
         }
     });
-    let _ = first.recv_timeout(Duration::from_secs(2));
 }

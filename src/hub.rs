@@ -176,16 +176,16 @@ impl Hub {
     }
 
     /// Ends every stream for which `ending` is true, and forgets the streams
-    /// whose response is over.
+    /// whose response is over. A tenant's list stays, empty, once its last
+    /// stream is gone: tenants are few beside streams.
     fn sweep(&self, ending: impl Fn(&Subscriber) -> bool) {
-        lock(&self.tenants).retain(|_, subscribers| {
+        for subscribers in lock(&self.tenants).values_mut() {
             subscribers.retain(|subscriber| {
                 if ending(subscriber) {
                     subscriber.ended.cancel();
                 }
                 !subscriber.frames.is_closed()
             });
-            !subscribers.is_empty()
-        });
+        }
     }
 }

@@ -170,7 +170,6 @@ impl Store {
     /// so (503); once a megabyte can be written beside the database again,
     /// it exits for systemd to restart it on a database that works.
     fn watch(self) {
-        let mut failing = false;
         loop {
             std::thread::sleep(Duration::from_secs(1));
             // What it holds does not matter: that it reaches the disk does.
@@ -179,10 +178,8 @@ impl Store {
             // Reached the disk now, once the sync is done.
             let beat = beat.inspect(|()| *lock(&self.0.beat) = Some(Instant::now()));
             let Err(error) = beat else { continue };
-            // Said once, not every second.
-            if !std::mem::replace(&mut failing, true) {
-                eprintln!("storage: cannot write ({error}); answering 503 until it can");
-            }
+            // Said every second while it lasts.
+            eprintln!("storage: cannot write ({error}); answering 503 until it can");
             // Random bytes, which no filesystem compresses to nothing.
             let noise = (0..1 << 16).flat_map(|_| *uuid::Uuid::new_v4().as_bytes());
             let probe = self.0.limits.db.join("probe");
