@@ -20,6 +20,13 @@ const QUEUE_LIMIT: usize = 1 << 20;
 
 pub const HEADERS: &[(&str, &str)] = &[("content-type", "text/event-stream")];
 
+// Set by `main` around each request of an HTTP/2 connection: the token that
+// closes the connection. hyper polls an HTTP/2 body only while the client
+// grants its stream window, so an ended stream of a client that grants none
+// never ends by itself and keeps its place; once it has lingered ten
+// seconds, the hub closes its connection (`Hub::maintain`).
+tokio::task_local!(pub static CONNECTION: CancellationToken);
+
 /// Every response body, a stream's included.
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -72,6 +79,12 @@ struct Subscriber {
     /// Bytes sent but not yet taken by the response body.
     queued: Arc<AtomicUsize>,
     ended: CancellationToken,
+    /// What closes the stream's connection: the HTTP/2 connection's token, or
+    /// over HTTP/1.1 the stream's own (there the kernel's write timeout cuts
+    /// a client that stopped reading, `main::connection`).
+    connection: CancellationToken,
+    /// Seconds since the stream was ended, its response not over.
+    lingering: u64,
 }
 
 impl Subscriber {
@@ -121,6 +134,7 @@ impl Hub {
         let all = tokio_stream::iter(backlog).chain(live);
         // Checked before every frame, so an ended stream sends nothing more.
         let ended = self.closing.child_token();
+        let connection = CONNECTION.try_with(CancellationToken::clone);
         let all = all.map_while(|frame| frame);
         let all = futures_util::StreamExt::take_until(all, ended.clone().cancelled_owned());
         let body = StreamBody::new(all.map(|frame| Ok(Frame::data(frame))));
@@ -129,6 +143,8 @@ impl Hub {
             expires,
             frames,
             queued,
+            connection: connection.unwrap_or_else(|_| ended.clone()),
+            lingering: 0,
             ended,
         });
         Ok(body.boxed_unsync())
@@ -170,6 +186,12 @@ impl Hub {
                     // idle timers still see bytes.
                     subscriber.send(Bytes::from_static(b":\n"));
                 }
+                // Still open ten seconds after it was ended: an HTTP/2
+                // stream whose client grants no window (see `CONNECTION`).
+                subscriber.lingering += u64::from(subscriber.ended.is_cancelled());
+                if subscriber.lingering > 10 {
+                    subscriber.connection.cancel();
+                }
                 subscriber.expires.is_some_and(|expires| expires <= now)
             });
         }
@@ -178,9 +200,9 @@ impl Hub {
     /// Ends every stream for which `ending` is true, and forgets the streams
     /// whose response is over. A tenant's list stays, empty, once its last
     /// stream is gone: tenants are few beside streams.
-    fn sweep(&self, ending: impl Fn(&Subscriber) -> bool) {
+    fn sweep(&self, ending: impl Fn(&mut Subscriber) -> bool) {
         for subscribers in lock(&self.tenants).values_mut() {
-            subscribers.retain(|subscriber| {
+            subscribers.retain_mut(|subscriber| {
                 if ending(subscriber) {
                     subscriber.ended.cancel();
                 }

@@ -11,18 +11,20 @@ mod store;
 mod tls;
 
 use http::State;
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::{sync::Arc, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::timeout;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::either::Either;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_util::{either::Either, sync::CancellationToken};
 
-/// How long a client may take over its TLS handshake or request headers.
+/// How long a client may take over its TLS handshake, and an HTTP/2 client
+/// over its first request.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// jemalloc, in the glibc and the static musl build alike, chosen by
@@ -88,9 +90,9 @@ async fn main() -> Result<(), String> {
     Ok(())
 }
 
-/// One client connection: the TLS handshake if any, then HTTP/1.1 until the
-/// client leaves or shutdown drains it. A failed handshake concerns that
-/// client alone.
+/// One client connection: the TLS handshake if any, then HTTP/1.1, or HTTP/2
+/// where the TLS client chose it (ALPN), until the client leaves or shutdown
+/// drains it. A failed handshake concerns that client alone.
 async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>, drain: Watcher) {
     let Ok(peer) = tcp.peer_addr() else { return };
     // An IPv4 client by its IPv4 address, in the limits.
@@ -106,6 +108,10 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
     let io = match tls {
         None => Either::Left(tcp),
         Some(tls) => match timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
+            // Boxed, so a connection of the other kinds reserves no room for it.
+            Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                return Box::pin(http2(stream, state, client, drain)).await;
+            }
             Ok(Ok(stream)) => Either::Right(Box::new(stream)),
             _ => return,
         },
@@ -119,4 +125,32 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
     builder.max_header_size(64 * 1024);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let _ = drain.watch(connection).await;
+}
+
+/// An HTTP/2 connection: each of its streams is one request, served like a
+/// request over HTTP/1.1 (hyper bounds the streams at once, the header list,
+/// resets and errors, each ending the connection with GOAWAY). It is closed
+/// when its client sends no request within `HEADER_TIMEOUT` (no preface, or
+/// a preface and nothing), and when the hub cancels `closing`: a stream
+/// ended long ago that still holds its place, see `hub::CONNECTION`.
+async fn http2(stream: TlsStream<TcpStream>, state: Arc<State>, client: IpAddr, drain: Watcher) {
+    let closing = CancellationToken::new();
+    let started = CancellationToken::new();
+    let connection = closing.clone();
+    let first = started.clone();
+    let service = service_fn(move |request| {
+        first.cancel();
+        let serving = http::serve(state.clone(), client, request);
+        hub::CONNECTION.scope(connection.clone(), serving)
+    });
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    // Pings every 30 s find a peer that is gone (no answer in 20 s).
+    builder.keep_alive_interval(Duration::from_secs(30));
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        _ = drain.watch(connection) => {}
+        _ = closing.cancelled() => {}
+        Err(_) = timeout(HEADER_TIMEOUT, started.cancelled()) => {}
+    }
 }

@@ -34,7 +34,7 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor, String> {
     };
     // HTTP/1.1 only (SSE needs nothing more), and acme-tls/1 for ACME's
     // validation handshakes, which rustls-acme's resolver answers.
-    server.alpn_protocols = vec![b"http/1.1".to_vec(), b"acme-tls/1".to_vec()];
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"acme-tls/1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
