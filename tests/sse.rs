@@ -214,7 +214,9 @@ fn keep_alive_comments_arrive_at_the_interval() {
                 let jwt = user(&broker, "bob", "t1");
                 let mut stream = broker.sse(&[("Authorization", &bearer(&jwt))]);
                 let times = comments_within(&mut stream, Duration::from_secs(32));
-                assert!(stream.body.chunks(3).all(|comment| comment == b":\n\n"));
+                // A comment line alone, with no blank line after it: no
+                // SSE parser dispatches it as a message.
+                assert!(stream.body.chunks(2).all(|comment| comment == b":\n"));
                 times
             })
         })

@@ -46,16 +46,20 @@ fn insert_raw(broker: &Broker, jwt: &str, body: &str) -> Reply {
 }
 
 /// The `data:` lines of the first `count` frames of a stream, as the raw
-/// text that arrived (keep-alive comments skipped).
+/// text that arrived (keep-alive comment lines skipped: a keep-alive, `:\n`,
+/// shares its block with the next frame).
 fn data_lines(stream: &mut Sse, count: usize) -> Vec<String> {
     loop {
         let text = String::from_utf8(stream.body.clone()).expect("streams are ASCII");
         let complete = &text[..text.rfind("\n\n").map_or(0, |end| end + 2)];
-        let frames = complete.split("\n\n");
-        let frames = frames.filter(|frame| !frame.is_empty() && !frame.starts_with(':'));
-        let data = frames.map(|frame| {
-            let line = frame.lines().find_map(|line| line.strip_prefix("data:"));
-            line.unwrap_or_else(|| panic!("no data in {frame:?}"))
+        let frames = complete.split("\n\n").map(|block| {
+            let lines = block.lines().filter(|line| !line.starts_with(':'));
+            lines.collect::<Vec<_>>()
+        });
+        let frames = frames.filter(|lines| !lines.is_empty());
+        let data = frames.map(|lines| {
+            let line = lines.iter().find_map(|line| line.strip_prefix("data:"));
+            line.unwrap_or_else(|| panic!("no data in {lines:?}"))
                 .to_string()
         });
         let data: Vec<String> = data.collect();
@@ -67,7 +71,10 @@ fn data_lines(stream: &mut Sse, count: usize) -> Vec<String> {
             "the stream ended after {} frames",
             data.len()
         );
-        stream.read_chunk();
+        if let Err(error) = stream.try_read_chunk() {
+            let came = data.len();
+            panic!("waited for {count} frames, {came} came: {}", why(&error));
+        }
     }
 }
 

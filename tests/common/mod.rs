@@ -661,7 +661,18 @@ pub fn basic(username: &str, password: &str) -> String {
 }
 
 fn read_head(reader: &mut impl BufRead) -> (u16, String) {
-    try_read_head(reader).unwrap()
+    try_read_head(reader)
+        .unwrap_or_else(|error| panic!("waited for a response head: {}", why(&error)))
+}
+
+/// A failed read in words: a read timeout says so (the socket's `WouldBlock`
+/// would not), anything else as it is.
+pub fn why(error: &std::io::Error) -> String {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    match error.kind() {
+        WouldBlock | TimedOut => "nothing came within the read timeout".to_string(),
+        _ => error.to_string(),
+    }
 }
 
 /// The status and head of a response; an error if the connection broke.
@@ -686,30 +697,42 @@ pub fn read_reply(reader: &mut impl BufRead) -> Reply {
     let (status, head) = read_head(reader);
     let lower = head.to_ascii_lowercase();
     let mut body = Vec::new();
+    let failed = |came: usize, error: std::io::Error| -> ! {
+        let why = why(&error);
+        panic!("waited for the body of a {status} answer, {came} bytes came: {why}")
+    };
     if lower.contains("transfer-encoding: chunked") {
-        while let Some(chunk) = read_chunk(reader) {
-            body.extend(chunk);
+        loop {
+            match read_chunk(reader) {
+                Ok(Some(chunk)) => body.extend(chunk),
+                Ok(None) => break,
+                Err(error) => failed(body.len(), error),
+            }
         }
-    } else {
-        reader.read_to_end(&mut body).unwrap();
+    } else if let Err(error) = reader.read_to_end(&mut body) {
+        failed(body.len(), error);
     }
     Reply { status, head, body }
 }
 
 /// One chunk of a chunked body; `None` at the terminating zero-size chunk.
-/// Panics if the connection ends without the terminator.
-fn read_chunk(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+/// An error if a read fails or times out, or the connection ends without
+/// the terminator.
+fn read_chunk(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Error, ErrorKind};
     let mut size = String::new();
-    reader.read_line(&mut size).unwrap();
-    assert!(
-        !size.is_empty(),
-        "connection closed without the chunked terminator"
-    );
-    let size = usize::from_str_radix(size.trim(), 16).unwrap();
+    if reader.read_line(&mut size)? == 0 {
+        let cut = "the connection closed without the chunked terminator";
+        return Err(Error::new(ErrorKind::UnexpectedEof, cut));
+    }
+    let size = usize::from_str_radix(size.trim(), 16).map_err(|_| {
+        let message = format!("not a chunk size: {size:?}");
+        Error::new(ErrorKind::InvalidData, message)
+    })?;
     let mut chunk = vec![0; size + 2];
-    reader.read_exact(&mut chunk).unwrap();
+    reader.read_exact(&mut chunk)?;
     chunk.truncate(size);
-    (size > 0).then_some(chunk)
+    Ok((size > 0).then_some(chunk))
 }
 
 /// An open SSE stream.
@@ -752,19 +775,39 @@ impl Sse {
             }
             assert!(
                 !self.ended,
-                "stream ended after {} of {count} frames",
+                "the stream ended after {} of {count} frames",
                 self.parsed.len()
             );
-            self.read_chunk();
+            if let Err(error) = self.try_read_chunk() {
+                panic!(
+                    "waited for {count} frames, {} came: {}",
+                    self.parsed.len(),
+                    why(&error)
+                );
+            }
         }
     }
 
-    /// Reads one chunk into `body`; records the terminator.
+    /// Reads one chunk into `body`; records the terminator. Panics, saying
+    /// what came so far, if nothing comes within the read timeout or the
+    /// connection is cut.
     pub fn read_chunk(&mut self) {
-        match read_chunk(&mut self.reader) {
+        if let Err(error) = self.try_read_chunk() {
+            let came = self.body.len();
+            panic!(
+                "waited for a chunk of the stream, {came} bytes came: {}",
+                why(&error)
+            );
+        }
+    }
+
+    /// As `read_chunk`, returning the error instead.
+    pub fn try_read_chunk(&mut self) -> std::io::Result<()> {
+        match read_chunk(&mut self.reader)? {
             Some(chunk) => self.body.extend(chunk),
             None => self.ended = true,
         }
+        Ok(())
     }
 
     /// Reads until the server ends the response with the chunked terminator;
@@ -772,7 +815,13 @@ impl Sse {
     pub fn wait_end(&mut self, limit: Duration) {
         self.tcp.set_read_timeout(Some(limit)).unwrap();
         while !self.ended {
-            self.read_chunk();
+            if let Err(error) = self.try_read_chunk() {
+                let came = self.body.len();
+                panic!(
+                    "waited {limit:?} for the stream's end (the chunked terminator), {came} bytes came: {}",
+                    why(&error)
+                );
+            }
         }
     }
 
@@ -791,20 +840,26 @@ impl Sse {
     }
 }
 
-/// Splits a stream body into frames; comments (`:`) are skipped.
+/// Splits a stream body into frames. Comment lines (`:`, the keep-alive)
+/// are dropped line by line, as an SSE parser ignores them: a keep-alive is
+/// `:\n` alone, so it shares its block with the next frame's lines.
 pub fn parse_frames(body: &[u8]) -> Vec<Event> {
     let text = std::str::from_utf8(body).expect("stream is ASCII");
     let complete = &text[..text.rfind("\n\n").map_or(0, |end| end + 2)];
     let short = |frame: &str| frame.chars().take(200).collect::<String>();
     complete
         .split("\n\n")
-        .filter(|frame| !frame.is_empty() && !frame.starts_with(':'))
+        .map(|block| {
+            let lines = block.lines().filter(|line| !line.starts_with(':'));
+            lines.collect::<Vec<_>>().join("\n")
+        })
+        .filter(|frame| !frame.is_empty())
         .map(|frame| {
             let field = |name: &str| {
                 frame
                     .lines()
                     .find_map(|line| line.strip_prefix(name))
-                    .unwrap_or_else(|| panic!("no {name} in {:?}", short(frame)))
+                    .unwrap_or_else(|| panic!("no {name} in {:?}", short(&frame)))
             };
             Event {
                 id: field("id:").parse().unwrap(),
