@@ -1,14 +1,20 @@
-// Connects to a broker with the real broker-client package, listens for the
-// event names given on the command line with addEventListener, and prints one
-// JSON line per event received, then "closed" when the server ends the stream.
+// Connects to a broker with the real broker-client package and prints one
+// JSON line per callback: {"via":"onmessage",…} for every onmessage call
+// (which broker-client makes for every message it parses, so a keep-alive
+// it took for a message shows as one with no event and no data), and
+// {"via":"listener",…} for each event of a name given on the command line
+// (addEventListener); then "closed" when the server ends the stream.
 import BrokerClient from 'broker-client';
 
 const [url, jwt, ...names] = process.argv.slice(2);
 const client = new BrokerClient(url, { headers: { authorization: `Bearer ${jwt}` } });
+const print = (line) => process.stdout.write(JSON.stringify(line) + '\n');
+client.onmessage = (message) => {
+  print({ via: 'onmessage', event: message.type, id: message.lastEventId, data: message.data });
+};
 for (const name of names) {
   client.addEventListener(name, (message) => {
-    const line = { event: message.type, id: message.lastEventId, data: JSON.parse(message.data) };
-    process.stdout.write(JSON.stringify(line) + '\n');
+    print({ via: 'listener', event: message.type, id: message.lastEventId, data: JSON.parse(message.data) });
   });
 }
 client.onclose = () => {
@@ -18,4 +24,4 @@ client.onclose = () => {
 setTimeout(() => {
   process.stderr.write('timed out\n');
   process.exit(1);
-}, 20000);
+}, 30000);
