@@ -118,12 +118,11 @@ fn last_event_id_replays_everything_after_it_then_goes_live() {
         ("Last-Event-ID", "18446744073709551615"),
     ]);
     assert_eq!(largest.events(1)[0].id, 6);
-    broker
-        .get(
-            "/sse",
-            &[("Authorization", &bearer(&jwt)), ("Last-Event-ID", "abc")],
-        )
-        .assert_error(400);
+    // A header that is not a number is no position: the sync, as without one
+    // (its 400 was retired for the line budget).
+    let mut garbled = broker.sse(&[("Authorization", &bearer(&jwt)), ("Last-Event-ID", "abc")]);
+    assert_eq!(garbled.events(1)[0].id, 6);
+    assert!(garbled.quiet_for(Duration::from_millis(200)));
 }
 
 #[test]
