@@ -338,10 +338,11 @@ fn a_write_waiting_on_the_disk_does_not_stop_other_requests() {
     let jwt = broker.login("bob", "pw");
     broker.insert(&jwt, "before", &json!(0));
     disk.freeze(true);
-    // More inserts than the server has workers; each waits on the disk (or
-    // on the one that does).
+    // More inserts than the server has workers (one per core); each waits
+    // on the disk (or on the one that does).
     let port = broker.port;
-    let inserts: Vec<_> = (0..6)
+    let cores = std::thread::available_parallelism().unwrap().get() as u64;
+    let inserts: Vec<_> = (0..cores + 4)
         .map(|n| {
             let jwt = jwt.clone();
             std::thread::spawn(move || {
@@ -518,9 +519,14 @@ struct LoginFlood {
 }
 
 impl LoginFlood {
+    /// Eight checks in flight per core (16 on two), so a check queued
+    /// behind them waits several hashes however many cores hash at once;
+    /// at most 56, so they and the test's own checks stay within the 64
+    /// that may wait (more would be refused 503).
     fn start(port: u16) -> LoginFlood {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let threads = (0..16)
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let threads = (0..(8 * cores).min(56))
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {

@@ -74,12 +74,21 @@ fn a_user_may_hold_only_max_streams_open_streams() {
 fn too_many_requests_waiting_for_argon2_are_refused_with_503() {
     let broker = Broker::start(&["--login_limit=100000"]);
     broker.create_user("bob", "pw", "t1");
-    let port = broker.port;
+    // 150 checks, more than the 64 that may wait, sent at the same moment
+    // on connections already open: however fast the machine hashes, they
+    // are all waiting at once, not served one by one as they trickle in.
+    let body = json!({"username": "bob", "password": "wrong"}).to_string();
+    let headers = [("Content-Type", "application/json")];
+    let request = request_bytes("POST", "/login", &headers, body.as_bytes());
+    let all_connected = std::sync::Arc::new(std::sync::Barrier::new(150));
     let threads: Vec<_> = (0..150)
         .map(|_| {
+            let mut socket = broker.connect();
+            let (request, all_connected) = (request.clone(), all_connected.clone());
             std::thread::spawn(move || {
-                let client = Client { port, tls: None };
-                let reply = client.post("/login", &json!({"username": "bob", "password": "wrong"}));
+                all_connected.wait();
+                socket.write_all(&request).unwrap();
+                let reply = read_reply(&mut std::io::BufReader::new(socket));
                 (reply.status, reply.header("retry-after"))
             })
         })
@@ -363,8 +372,9 @@ fn a_stream_counts_toward_max_streams_until_its_response_has_ended() {
         broker.insert(&jwt, "big", &json!(noise(900_000, n)));
     }
     // A stream that reads nothing: its backlog fills the socket and waits.
+    // It is open once its answer has begun to arrive (peeked, not read).
     let mut stalled = broker.stalled_stream(&jwt, Some("0"));
-    std::thread::sleep(Duration::from_millis(500));
+    stalled.peek(&mut [0; 1]).expect("the stream did not open");
     // A password change ends it, but its response cannot end before the
     // client reads what is in flight: it still counts.
     let change = json!({"admin_token": ADMIN, "username": "bob", "password": "new"});
