@@ -7,10 +7,6 @@ import BrokerClient from 'broker-client';
 
 const query = new URLSearchParams(location.search);
 const broker = query.get('broker') || 'http://127.0.0.1:8080';
-// A stream that delivers nothing, not even a keep-alive comment, for three
-// keep-alive intervals is presumed dead. Set ?keepalive= to the broker's
-// --keep_alive (30 s by default).
-const keepAlive = Number(query.get('keepalive') || 30) * 1000;
 const $ = (id) => document.getElementById(id);
 
 // The session. The credentials stay in memory, for this page's life only,
@@ -25,7 +21,6 @@ let lastId = 0;
 // ignored once a newer one exists.
 let attempt = 0;
 let stream = null;
-let watchdog = null;
 let backoff = 500;
 
 function status(text, error = false) {
@@ -60,19 +55,14 @@ function show(id, message) {
   $('messages').append(item);
 }
 
-function alive(mine) {
-  clearTimeout(watchdog);
-  watchdog = setTimeout(() => mine === attempt && reconnect('The stream went quiet'), 3 * keepAlive);
-}
-
 function reconnect(reason) {
   const mine = ++attempt;
-  clearTimeout(watchdog);
   try {
     stream?.close();
   } catch {
     // A stream whose request never got an answer has nothing to close.
   }
+  stream = null;
   status(`${reason}; reconnecting in ${backoff / 1000} s…`);
   setTimeout(() => mine === attempt && connect(), backoff);
   backoff = Math.min(backoff * 2, 5000);
@@ -100,18 +90,22 @@ async function connect() {
   stream.addEventListener('chat', (event) => {
     if (mine === attempt) show(Number(event.lastEventId), JSON.parse(event.data));
   });
-  // Every frame, keep-alive comments included (broker-client hands those to
-  // onmessage as empty events), proves the stream alive.
-  stream.onmessage = () => mine === attempt && alive(mine);
   // broker-client never reconnects by itself: the broker ended the stream
   // (token expired, restart, a client too far behind), so connect again,
   // after a pause, from the last event shown.
   stream.onclose = () => mine === attempt && reconnect('The stream ended');
-  alive(mine);
   backoff = 500;
   status(`Connected as ${credentials.username}`);
   $('chat').hidden = false;
 }
+
+// A stream that breaks rather than ends (its request failed, or its
+// connection was cut: a crash, a network change, a dead connection found by
+// the browser's TCP keep-alive) gets no onclose: broker-client leaves it as
+// a promise rejection that nothing handles. Take any such rejection, while
+// a stream is open, for a broken stream. (reconnect drops the stream first,
+// so the rejection of closing a broken one is not taken for another.)
+addEventListener('unhandledrejection', () => stream && reconnect('The stream broke'));
 
 $('login').addEventListener('submit', async (event) => {
   event.preventDefault();
