@@ -5,7 +5,8 @@
 # - Debian's pebble (Let's Encrypt's test ACME server) for the ACME test;
 # - Debian's Chromium and, from npm, playwright-core (which downloads no
 #   browser of its own) for the browser test of examples/chat, whose page is
-#   bundled with esbuild;
+#   bundled with esbuild, and for tests/tabs (ten tabs of one profile), which
+#   uses examples/chat's playwright-core;
 # - iproute2, e2fsprogs and util-linux for the fault tests (IPv6 addresses on
 #   lo, a loop-mounted ext4 frozen with fsfreeze); curl for the backup test.
 set -euo pipefail
