@@ -147,18 +147,22 @@ fn event_data_reaches_streams_as_sent_minus_line_breaks_with_non_ascii_escaped()
     // Data that is not JSON, or none: refused, and nothing stored.
     insert_raw(&broker, &jwt, r#"{"event":"g","data":{"a":}}"#).assert_error(400);
     insert_raw(&broker, &jwt, r#"{"event":"g"}"#).assert_error(400);
-    // JSON nested past serde_json's 128 levels, or holding a lone
-    // surrogate, which many parsers refuse: 400 too, so no stored frame
-    // can break a subscriber's sync.
-    let deep = format!(
-        r#"{{"event":"g","data":{}{}}}"#,
-        "[".repeat(200),
-        "]".repeat(200)
-    );
-    insert_raw(&broker, &jwt, &deep).assert_error(400);
+    // Data nested 127 levels or more (with the body's own object, the 128
+    // where serde_json stops), or holding a lone surrogate, which many
+    // parsers refuse: 400 too, so no stored frame can break a subscriber's
+    // sync.
+    let nested = |depth: usize| "[".repeat(depth) + &"]".repeat(depth);
+    let body = |data: &str| format!(r#"{{"event":"g","data":{data}}}"#);
+    for depth in [127, 200] {
+        insert_raw(&broker, &jwt, &body(&nested(depth))).assert_error(400);
+    }
     insert_raw(&broker, &jwt, r#"{"event":"g","data":"\ud800"}"#).assert_error(400);
     // The next event takes the next id, and is the next frame the live
     // stream gets: none of the refused ones reached it.
     assert_eq!(broker.insert(&jwt, "g", &json!(3)), 3);
     assert_eq!(data_lines(&mut live, 3)[2], "3");
+    // 126 levels are kept.
+    let kept = insert_raw(&broker, &jwt, &body(&nested(126)));
+    assert_eq!(kept.json(), json!({"id": 4}));
+    assert_eq!(data_lines(&mut live, 4)[3], nested(126));
 }
