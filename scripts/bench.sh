@@ -8,6 +8,9 @@
 #   scripts/bench.sh --with-nchan  also nginx + nchan on the same machine (installs
 #                                  Debian's nginx-light and libnginx-mod-nchan)
 # Extra arguments go to the benchmark (e.g. --only fanout,insert).
+#   scripts/bench.sh --only idle-tls,idle-h2
+#                                  idle streams over HTTPS/1.1 and HTTP/2, on
+#                                  brokers serving TLS (not in the default run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ " $* " == *" --with-nchan "* ]] && [ ! -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then

@@ -6,6 +6,15 @@
 //! - `rate`: 4 000 inserts/s for 5 s over 8 connections with 100 subscribers;
 //!   delivery ratio and latency percentiles.
 //! - `idle`: 10 000 idle streams; RSS per stream and server CPU over 10 s.
+//! - `idle-tls`, `idle-h2`: the same over HTTPS, on a broker of their own
+//!   serving TLS (`--secure`) with a self-signed localhost certificate made
+//!   here: each stream on a TLS connection of its own offering only
+//!   `http/1.1` (`idle-tls`); streams on HTTP/2 connections (`idle-h2`), one
+//!   per connection (10 000 connections, as one browser tab per user) and
+//!   100 per connection (100 connections; hyper allows 200 at once). Not in
+//!   the default run: each shape starts a broker of its own and 10 000 TLS
+//!   handshakes, which would add about a minute per binary to it; ask for
+//!   them with `--only idle-tls,idle-h2`.
 //! - `insert`: closed-loop inserts (publishes) over 64 keep-alive connections
 //!   for 10 s, with JWT and with Basic, and with 100 live subscribers; first
 //!   against "bare hyper" (src/bin/ceiling.rs: Broker's HTTP stack and
@@ -32,8 +41,13 @@
 //! line per measurement and a Markdown table at the end.
 //!
 //! Usage: broker-bench [--broker PATH] [--static PATH] [--ceiling PATH] [--with-nchan]
-//!                     [--only fanout,rate,idle,insert,startup,logins,many]
+//!                     [--only fanout,rate,idle,insert,startup,logins,many,idle-tls,idle-h2]
 //!                     [--events-for-startup N] [--streams N] [--tenants T]
+//!                     [--idle-streams N]
+//!
+//! `--only` takes the scenarios' exact names (default: all but `idle-tls` and
+//! `idle-h2`); `--idle-streams` (default 10 000) sets the streams of the
+//! three idle scenarios, smaller for a quick check that they work.
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -44,6 +58,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::client::Resumption;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::{TlsConnector, client::TlsStream};
 
 const EVENTS: u64 = 200;
 const RATE: u64 = 50;
@@ -152,9 +170,10 @@ fn start_broker(binary: &str, name: &str, db: Option<&std::path::Path>, extra: &
         .spawn()
         .expect("broker binary");
     let server = Server { kind: Kind::Broker, name: name.into(), port, child, _dir: dir };
-    // Serving means answering a request, not just accepting connections.
+    // Serving means answering a request, not just accepting connections
+    // (over TLS, the first request waits for it instead).
     wait_port(port, Duration::from_secs(30));
-    while !healthy(port) {
+    while !extra.contains(&"--secure") && !healthy(port) {
         std::thread::sleep(Duration::from_micros(500));
     }
     (server, started.elapsed())
@@ -199,6 +218,67 @@ fn start_nchan(ping_seconds: u64, connections: usize) -> Server {
         .unwrap();
     wait_port(port, Duration::from_secs(10));
     Server { kind: Kind::Nchan, name: "nginx+nchan".into(), port, child, _dir: dir }
+}
+
+/// The HTTPS scenarios' certificate: self-signed for localhost, written
+/// where the broker's `--key_path` and `--cert_path` read it, and the one
+/// root the benchmark's TLS clients trust.
+struct Tls {
+    dir: tempfile::TempDir,
+    roots: Arc<RootCertStore>,
+}
+
+impl Tls {
+    fn new() -> Tls {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key.pem"), certified.key_pair.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).unwrap();
+        Tls { dir, roots: Arc::new(roots) }
+    }
+
+    /// The broker's flags to serve HTTPS, and only HTTPS, with it.
+    fn flags(&self) -> Vec<String> {
+        let path = |file: &str| self.dir.path().join(file).display().to_string();
+        let (key, cert) = (path("key.pem"), path("cert.pem"));
+        vec!["--secure".into(), "--auto_cert=false".into(), format!("--key_path={key}"), format!("--cert_path={cert}")]
+    }
+
+    /// A client offering only `protocol` by ALPN; each of its connections a
+    /// full handshake (no session resumption), as a new visitor's.
+    fn connector(&self, protocol: &[u8]) -> TlsConnector {
+        let config = ClientConfig::builder().with_root_certificates(self.roots.clone());
+        let mut config = config.with_no_client_auth();
+        config.alpn_protocols = vec![protocol.to_vec()];
+        config.resumption = Resumption::disabled();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// A TLS connection to localhost's `port`, its handshake done.
+async fn connect_tls(connector: &TlsConnector, port: u16) -> std::io::Result<TlsStream<TcpStream>> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    connector.connect(ServerName::try_from("localhost").unwrap(), stream).await
+}
+
+/// A POST on an HTTPS/1.1 connection of its own (`Connection: close`): the
+/// status and the body.
+async fn request_tls(connector: &TlsConnector, port: u16, path: &str, body: &str) -> (u16, String) {
+    let mut stream = connect_tls(connector, port).await.unwrap();
+    let request = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    // The reply is all there is until the server closes (with or without
+    // TLS's close_notify).
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply);
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
 }
 
 /// A keep-alive HTTP/1.1 client connection.
@@ -279,6 +359,18 @@ impl Channel {
                 format!("Bearer {}", jwt["jwt"].as_str().unwrap())
             };
         }
+        Channel { kind: server.kind, port: server.port, name: name.to_string(), auth }
+    }
+
+    /// As `new` with a JWT, over HTTPS/1.1: for a broker serving TLS only.
+    async fn new_tls(server: &Server, connector: &TlsConnector, name: &str) -> Channel {
+        let body = json!({"username": name, "password": "pw", "admin_token": "bench", "tenant_name": name});
+        let (status, _) = request_tls(connector, server.port, "/create_user", &body.to_string()).await;
+        assert!(status == 200 || status == 400, "create_user: {status}");
+        let body = json!({"username": name, "password": "pw"}).to_string();
+        let (_, reply) = request_tls(connector, server.port, "/login", &body).await;
+        let jwt: Value = serde_json::from_str(&reply).unwrap();
+        let auth = format!("Bearer {}", jwt["jwt"].as_str().unwrap());
         Channel { kind: server.kind, port: server.port, name: name.to_string(), auth }
     }
 
@@ -431,10 +523,15 @@ impl Results {
                 add(&mut self.rows, format!("2 rate {rate}/s, N={n}: p50 / p99"), format!("{:.2} / {:.2} ms", line["p50_ms"].as_f64().unwrap_or(f64::NAN), line["p99_ms"].as_f64().unwrap_or(f64::NAN)));
             }
             "idle" => {
-                add(&mut self.rows, "3 idle: RSS per stream (10 000)".into(), format!("{:.1} KiB", line["rss_per_stream_kib"].as_f64().unwrap_or(0.0)));
+                add(&mut self.rows, format!("3 idle: RSS per stream ({})", line["streams"]), format!("{:.1} KiB", line["rss_per_stream_kib"].as_f64().unwrap_or(0.0)));
                 add(&mut self.rows, "4 idle: server CPU over 10 s".into(), format!("{:.3} s", line["cpu_seconds"].as_f64().unwrap_or(0.0)));
                 add(&mut self.rows, "5 idle RSS of a fresh server".into(), format!("{:.1} MiB", line["fresh_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0));
                 add(&mut self.rows, "5 RSS after one login, before streams".into(), format!("{:.1} MiB", line["rss_before_kib"].as_f64().unwrap_or(0.0) / 1024.0));
+            }
+            "idle-tls" | "idle-h2" => {
+                let label = line["label"].as_str().unwrap_or("?");
+                add(&mut self.rows, format!("3 idle {label}: RSS per stream ({})", line["streams"]), format!("{:.1} KiB", line["rss_per_stream_kib"].as_f64().unwrap_or(0.0)));
+                add(&mut self.rows, format!("4 idle {label}: server CPU over 10 s"), format!("{:.3} s", line["cpu_seconds"].as_f64().unwrap_or(0.0)));
             }
             "insert" => {
                 let label = line["label"].as_str().unwrap_or("?");
@@ -564,28 +661,88 @@ async fn deliver(server: &Server, name: &str, subscribers: usize, events: u64, p
     })
 }
 
-async fn idle(server: &Server, streams: usize) -> Value {
+/// How the idle scenarios' streams reach the broker.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    /// Plain HTTP/1.1, a connection per stream (`idle`).
+    Http,
+    /// HTTPS/1.1, a TLS connection per stream offering only http/1.1
+    /// (`idle-tls`).
+    Https,
+    /// HTTP/2 over TLS, this many streams per connection (`idle-h2`).
+    H2(usize),
+}
+
+impl Transport {
+    fn scenario(self) -> &'static str {
+        match self {
+            Transport::Http => "idle",
+            Transport::Https => "idle-tls",
+            Transport::H2(_) => "idle-h2",
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Transport::Http => "HTTP/1.1".into(),
+            Transport::Https => "HTTPS/1.1".into(),
+            Transport::H2(1) => "HTTP/2, 1 stream per connection".into(),
+            Transport::H2(n) => format!("HTTP/2, {n} streams per connection"),
+        }
+    }
+
+    fn per_connection(self) -> usize {
+        if let Transport::H2(n) = self { n } else { 1 }
+    }
+}
+
+/// `streams` idle streams: RSS per stream and server CPU over 10 s. Over TLS
+/// (`tls` given: the broker serves HTTPS only), the user is created and logs
+/// in over HTTPS/1.1 too.
+async fn idle(server: &Server, streams: usize, transport: Transport, tls: Option<&Tls>) -> Value {
     let fresh = server.rss_kib();
-    let channel = Channel::new(server, "idle", false).await;
+    let channel = match tls {
+        None => Channel::new(server, "idle", false).await,
+        Some(tls) => Channel::new_tls(server, &tls.connector(b"http/1.1"), "idle").await,
+    };
     let before = server.rss_kib();
+    let protocol: &[u8] = if transport == Transport::Https { b"http/1.1" } else { b"h2" };
+    let connector = tls.map(|tls| tls.connector(protocol));
     let open = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(streams);
+    // At most 256 connections opening at once, each until its last stream
+    // has its response head.
     let gate = Arc::new(tokio::sync::Semaphore::new(256));
-    for _ in 0..streams {
-        let (channel, open, gate) = (channel.clone(), open.clone(), gate.clone());
+    let per_connection = transport.per_connection();
+    for first in (0..streams).step_by(per_connection) {
+        let count = per_connection.min(streams - first);
+        let (channel, connector, open, failed, gate) = (channel.clone(), connector.clone(), open.clone(), failed.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await.unwrap();
-            let Ok(mut reader) = channel.subscribe().await else { return };
-            drop(permit);
-            open.fetch_add(1, Relaxed);
-            let mut sink = [0u8; 64];
-            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+            let mut permit = Some(gate.acquire_owned().await.unwrap());
+            let mut mine = 0;
+            let held = hold_idle(&channel, transport, connector.as_ref(), count, || {
+                mine += 1;
+                open.fetch_add(1, Relaxed);
+                if mine == count {
+                    drop(permit.take());
+                }
+            })
+            .await;
+            if mine < count {
+                if failed.fetch_add(count - mine, Relaxed) < 5 {
+                    eprintln!("{}: streams failed to open: {held:?}", transport.scenario());
+                }
+            }
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while open.load(Relaxed) < streams && Instant::now() < deadline {
+    // 10 000 TLS handshakes on a busy machine may take a while.
+    let opening = Instant::now();
+    let deadline = opening + Duration::from_secs(300);
+    while open.load(Relaxed) + failed.load(Relaxed) < streams && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("{} ({}): {} of {streams} streams open in {:?}", transport.scenario(), transport.label(), open.load(Relaxed), opening.elapsed());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = server.rss_kib();
     let cpu_before = server.cpu_seconds();
@@ -598,12 +755,86 @@ async fn idle(server: &Server, streams: usize) -> Value {
     for task in tasks {
         let _ = task.await;
     }
-    json!({
+    let mut line = json!({
         "scenario": "idle", "server": server.name, "streams": opened,
         "fresh_rss_kib": fresh, "rss_before_kib": before, "rss_after_kib": after,
         "rss_per_stream_kib": (after.saturating_sub(before)) as f64 / opened.max(1) as f64,
         "cpu_seconds": cpu,
-    })
+    });
+    if transport != Transport::Http {
+        line["scenario"] = json!(transport.scenario());
+        line["label"] = json!(transport.label());
+        line["connections"] = json!(streams.div_ceil(per_connection));
+        line["streams_per_connection"] = json!(per_connection);
+        line["failed"] = json!(failed.load(Relaxed));
+    }
+    line
+}
+
+/// Opens `count` streams on one connection (one stream unless HTTP/2),
+/// calling `opened` as each one's response head arrives, then reads them
+/// until the server ends them.
+async fn hold_idle(channel: &Channel, transport: Transport, connector: Option<&TlsConnector>, count: usize, mut opened: impl FnMut()) -> std::io::Result<()> {
+    let mut sink = [0u8; 64];
+    match transport {
+        Transport::Http => {
+            let mut reader = channel.subscribe().await?;
+            opened();
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+        Transport::Https => {
+            let mut stream = connect_tls(connector.unwrap(), channel.port).await?;
+            let request = format!("GET /sse HTTP/1.1\r\nHost: localhost\r\nAuthorization: {}\r\n\r\n", channel.auth);
+            stream.write_all(request.as_bytes()).await?;
+            stream.flush().await?;
+            let mut reader = BufReader::with_capacity(1024, stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).await?;
+            if !line.starts_with("HTTP/1.1 200") {
+                return Err(std::io::Error::other(format!("answered {line:?}")));
+            }
+            while line != "\r\n" {
+                line.clear();
+                if reader.read_line(&mut line).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            opened();
+            while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+        Transport::H2(_) => {
+            let stream = connect_tls(connector.unwrap(), channel.port).await?;
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(std::io::Error::other("the broker did not choose h2"));
+            }
+            let (mut send, connection) = h2::client::handshake(stream).await.map_err(std::io::Error::other)?;
+            // The connection and each stream's body are read by tasks of
+            // this set; dropping it (the task aborted) aborts them.
+            let mut readers = tokio::task::JoinSet::new();
+            readers.spawn(async move {
+                let _ = connection.await;
+            });
+            let uri = format!("https://localhost:{}/sse", channel.port);
+            for _ in 0..count {
+                let request = http::Request::get(&uri).header("authorization", &channel.auth).body(()).unwrap();
+                send = send.ready().await.map_err(std::io::Error::other)?;
+                let (response, _) = send.send_request(request, true).map_err(std::io::Error::other)?;
+                let response = response.await.map_err(std::io::Error::other)?;
+                if response.status() != 200 {
+                    return Err(std::io::Error::other(format!("answered {}", response.status())));
+                }
+                opened();
+                let mut body = response.into_body();
+                readers.spawn(async move {
+                    while let Some(Ok(data)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(data.len());
+                    }
+                });
+            }
+            while readers.join_next().await.is_some() {}
+        }
+    }
+    Ok(())
 }
 
 async fn insert(server: &Server, label: &str, basic: bool, subscribers: usize) -> Value {
@@ -988,6 +1219,9 @@ fn main() {
     let flag = |name: &str| args.iter().position(|arg| arg == name).and_then(|at| args.get(at + 1)).cloned();
     let binary = flag("--broker").unwrap_or("target/release/broker".into());
     let only = flag("--only").unwrap_or("fanout,rate,idle,insert,startup,logins,many".into());
+    let only: Vec<&str> = only.split(',').collect();
+    let wants = |scenario: &str| only.contains(&scenario);
+    let idle_streams: usize = flag("--idle-streams").and_then(|n| n.parse().ok()).unwrap_or(IDLE_STREAMS);
     let startup_events: u64 = flag("--events-for-startup").and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let static_binary = flag("--static");
     let ceiling = flag("--ceiling").unwrap_or("bench/target/release/ceiling".into());
@@ -997,7 +1231,7 @@ fn main() {
     // Each stream is a descriptor in the server and one here: a machine
     // whose hard limit is lower runs the largest N it allows, and says so.
     let files = raise_fd_limit() as usize;
-    if only.contains("many") && streams + 1_000 > files {
+    if wants("many") && streams + 1_000 > files {
         let allowed = files.saturating_sub(1_000) / 1_000 * 1_000;
         eprintln!("many: {streams} streams do not fit the file limit here ({files}); running {allowed}");
         // The same shapes, smaller: as many streams per tenant.
@@ -1019,7 +1253,7 @@ fn main() {
     }
     // The 100 000-stream scenario, on servers of its own, keep-alive every
     // 10 s so that one round falls in its 10 s idle window.
-    if only.contains("many") {
+    if wants("many") {
         for name in names.iter().filter(|name| *name != "bare hyper") {
             for &tenants in &tenant_counts {
                 let server = match name.as_str() {
@@ -1034,7 +1268,7 @@ fn main() {
     }
     for name in &names {
         let server = match name.as_str() {
-            "bare hyper" if !only.contains("insert") => continue,
+            "bare hyper" if !wants("insert") => continue,
             "bare hyper" => start_ceiling(&ceiling),
             "broker" => start_broker(&binary, name, None, &[]).0,
             "broker static" => start_broker(static_binary.as_deref().unwrap(), name, None, &[]).0,
@@ -1045,21 +1279,21 @@ fn main() {
                 results.record(name, insert(&server, "bare POST, 64 connections", false, 0).await);
                 return;
             }
-            if only.contains("logins") && server.kind == Kind::Broker {
+            if wants("logins") && server.kind == Kind::Broker {
                 results.record(name, logins(&server).await);
             }
-            if only.contains("idle") {
-                results.record(name, idle(&server, IDLE_STREAMS).await);
+            if wants("idle") {
+                results.record(name, idle(&server, idle_streams, Transport::Http, None).await);
             }
-            if only.contains("fanout") {
+            if wants("fanout") {
                 for subscribers in [1, 100, 1000] {
                     results.record(name, fanout(&server, subscribers).await);
                 }
             }
-            if only.contains("rate") {
+            if wants("rate") {
                 results.record(name, rate(&server, 4000, 100).await);
             }
-            if only.contains("insert") {
+            if wants("insert") {
                 let label = if server.kind == Kind::Broker { "JWT, 64 connections" } else { "publish, 64 connections" };
                 results.record(name, insert(&server, label, false, 0).await);
                 let label = if server.kind == Kind::Broker { "JWT, 100 subscribers" } else { "publish, 100 subscribers" };
@@ -1071,7 +1305,29 @@ fn main() {
         });
         server.stop();
     }
-    if only.contains("startup") {
+    // The HTTPS idle scenarios, each shape on a broker of its own serving
+    // TLS only, so that none starts with memory the last one left.
+    let mut transports = Vec::new();
+    if wants("idle-tls") {
+        transports.push(Transport::Https);
+    }
+    if wants("idle-h2") {
+        transports.extend([Transport::H2(1), Transport::H2(100)]);
+    }
+    if !transports.is_empty() {
+        let tls = Tls::new();
+        let flags = tls.flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        for name in names.iter().filter(|name| name.starts_with("broker")) {
+            let binary = if name == "broker" { &binary } else { static_binary.as_ref().unwrap() };
+            for &transport in &transports {
+                let server = start_broker(binary, name, None, &flags).0;
+                results.record(name, runtime.block_on(idle(&server, idle_streams, transport, Some(&tls))));
+                server.stop();
+            }
+        }
+    }
+    if wants("startup") {
         let line = runtime.block_on(startup(&binary, "broker", startup_events));
         results.record("broker", line);
         if let Some(binary) = &static_binary {
