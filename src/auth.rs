@@ -31,9 +31,11 @@ pub struct Auth {
     config: Config,
     /// Argon2id costs ~19 MiB and tens of milliseconds per hash: at most one
     /// per core runs at a time, on the blocking pool, never on a worker.
+    /// Requests wait for a place in turn, however many (the 503 past a
+    /// bounded number waiting was retired for the line budget: each waiting
+    /// request holds only its connection, and `--login_limit` is counted
+    /// before the wait).
     argon_running: Arc<Semaphore>,
-    /// Bounds the requests waiting for `argon_running` or running.
-    argon_queue: Arc<Semaphore>,
     /// username → digest (an HMAC keyed by the JWT secret) of a Basic
     /// password that matched the stored hash, so repeated Basic requests skip
     /// Argon2. The digest covers the hash too: after a password change an old
@@ -57,8 +59,6 @@ impl Auth {
             store,
             config,
             argon_running: Arc::new(Semaphore::new(cores)),
-            // At most 64 requests wait; more are refused with 503.
-            argon_queue: Arc::new(Semaphore::new(64)),
             verified: Mutex::default(),
             failures: Mutex::default(),
         }
@@ -197,17 +197,13 @@ impl Auth {
         BASE64URL.encode(&fingerprint.into_bytes()[..12])
     }
 
-    /// Runs Argon2 work on the blocking pool, one job per core at most; with
-    /// the queue full, answers 503 at once.
+    /// Runs Argon2 work on the blocking pool, one job per core at most.
     async fn argon<T: Send + 'static>(&self, work: impl Job<T>) -> Result<T, Error> {
-        let busy = || Error::Unavailable("too many password checks at once".into());
-        let queued = self.argon_queue.clone().try_acquire_owned();
-        let queued = queued.map_err(|_| busy())?;
         let running = self.argon_running.clone().acquire_owned().await;
-        // The job holds its places until the hash is done, even if the
+        // The job holds its place until the hash is done, even if the
         // client hung up and dropped this future: the bound stays exact.
         let done = tokio::task::spawn_blocking(move || {
-            let _places = (queued, running);
+            let _place = running;
             work()
         });
         let done = done.await;

@@ -6,7 +6,7 @@ use crate::error::{Error, ensure, lock};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::{collections::HashMap, convert::Infallible, fmt::Write, time::Duration};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
@@ -22,9 +22,10 @@ pub const HEADERS: &[(&str, &str)] = &[("content-type", "text/event-stream")];
 
 // Set by `main` around each request of an HTTP/2 connection: the token that
 // closes the connection. hyper polls an HTTP/2 body only while the client
-// grants its stream window, so an ended stream of a client that grants none
-// never ends by itself and keeps its place; once it has lingered ten
-// seconds, the hub closes its connection (`Hub::maintain`).
+// grants its stream window, so the stream of a client that grants none
+// takes nothing more and cannot even end: no kernel timeout sees it, since
+// the connection itself stays healthy. The hub closes such a connection
+// (`Hub::maintain`), which drops the body and frees everything it held.
 tokio::task_local!(pub static CONNECTION: CancellationToken);
 
 /// Every response body, a stream's included.
@@ -83,8 +84,9 @@ struct Subscriber {
     /// over HTTP/1.1 the stream's own (there the kernel's write timeout cuts
     /// a client that stopped reading, `main::connection`).
     connection: CancellationToken,
-    /// Seconds since the stream was ended, its response not over.
-    lingering: u64,
+    /// Seconds, counted by the sweep while frames wait or the stream is
+    /// ended, since the body last took a frame (it sets this to 0).
+    idle: Arc<AtomicU64>,
 }
 
 impl Subscriber {
@@ -137,14 +139,19 @@ impl Hub {
         let connection = CONNECTION.try_with(CancellationToken::clone);
         let all = all.map_while(|frame| frame);
         let all = futures_util::StreamExt::take_until(all, ended.clone().cancelled_owned());
-        let body = StreamBody::new(all.map(|frame| Ok(Frame::data(frame))));
+        let idle = Arc::new(AtomicU64::new(0));
+        let taking = idle.clone();
+        let body = StreamBody::new(all.map(move |frame| {
+            taking.store(0, Relaxed);
+            Ok(Frame::data(frame))
+        }));
         subscribers.push(Subscriber {
             username: username.to_string(),
             expires,
             frames,
             queued,
             connection: connection.unwrap_or_else(|_| ended.clone()),
-            lingering: 0,
+            idle,
             ended,
         });
         Ok(body.boxed_unsync())
@@ -178,21 +185,23 @@ impl Hub {
             ticks.tick().await;
             let now = crate::clock::now_ms() / 1000;
             let ping = keep_alive > 0 && tick.is_multiple_of(keep_alive);
-            self.sweep(|subscriber| {
+            self.sweep(|stream| {
                 if ping {
                     // The keep-alive: a comment line alone, with no blank
                     // line after it, so no SSE parser dispatches a message
                     // (WHATWG: only a blank line does), while proxies and
                     // idle timers still see bytes.
-                    subscriber.send(Bytes::from_static(b":\n"));
+                    stream.send(Bytes::from_static(b":\n"));
                 }
-                // Still open ten seconds after it was ended: an HTTP/2
-                // stream whose client grants no window (see `CONNECTION`).
-                subscriber.lingering += u64::from(subscriber.ended.is_cancelled());
-                if subscriber.lingering > 10 {
-                    subscriber.connection.cancel();
+                // A stream that took nothing for a minute while frames
+                // waited (keep-alives count) or since it was ended is an
+                // HTTP/2 stream whose client grants no window (see
+                // `CONNECTION`): its connection is closed.
+                let waiting = stream.ended.is_cancelled() || stream.queued.load(Relaxed) > 0;
+                if waiting && stream.idle.fetch_add(1, Relaxed) >= 60 {
+                    stream.connection.cancel();
                 }
-                subscriber.expires.is_some_and(|expires| expires <= now)
+                stream.expires.is_some_and(|expires| expires <= now)
             });
         }
     }
@@ -200,9 +209,9 @@ impl Hub {
     /// Ends every stream for which `ending` is true, and forgets the streams
     /// whose response is over. A tenant's list stays, empty, once its last
     /// stream is gone: tenants are few beside streams.
-    fn sweep(&self, ending: impl Fn(&mut Subscriber) -> bool) {
+    fn sweep(&self, ending: impl Fn(&Subscriber) -> bool) {
         for subscribers in lock(&self.tenants).values_mut() {
-            subscribers.retain_mut(|subscriber| {
+            subscribers.retain(|subscriber| {
                 if ending(subscriber) {
                     subscriber.ended.cancel();
                 }

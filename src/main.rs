@@ -108,9 +108,10 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
     let io = match tls {
         None => Either::Left(tcp),
         Some(tls) => match timeout(HEADER_TIMEOUT, tls.accept(tcp)).await {
-            // Boxed, so a connection of the other kinds reserves no room for it.
             Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                return Box::pin(http2(stream, state, client, drain)).await;
+                // A task of its own: awaited here, the handshake's result
+                // would keep its room in every connection's future.
+                return drop(tokio::spawn(http2(stream, state, client, drain)));
             }
             Ok(Ok(stream)) => Either::Right(Box::new(stream)),
             _ => return,
@@ -136,17 +137,22 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
 async fn http2(stream: TlsStream<TcpStream>, state: Arc<State>, client: IpAddr, drain: Watcher) {
     let closing = CancellationToken::new();
     let started = CancellationToken::new();
-    let connection = closing.clone();
-    let first = started.clone();
-    let service = service_fn(move |request| {
-        first.cancel();
+    let service = service_fn(|request| {
+        started.cancel();
         let serving = http::serve(state.clone(), client, request);
-        hub::CONNECTION.scope(connection.clone(), serving)
+        hub::CONNECTION.scope(closing.clone(), serving)
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
-    // Pings every 30 s find a peer that is gone (no answer in 20 s).
-    builder.keep_alive_interval(Duration::from_secs(30));
+    // At most 32 requests at once (hyper's default is 200): one HTTP/2
+    // connection then holds at most 32 bodies being read, not 200.
+    builder.max_concurrent_streams(32);
+    // TCP keepalive probes find a peer that is gone (the minute of
+    // `connection` applies to them); the peer's kernel answers them however
+    // slowly its app reads, where hyper's pings would wait behind unread
+    // data and cut a slow reader.
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
+    let _ = socket2::SockRef::from(stream.get_ref().0).set_tcp_keepalive(&keepalive);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = drain.watch(connection) => {}
