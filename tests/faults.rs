@@ -521,8 +521,7 @@ struct LoginFlood {
 impl LoginFlood {
     /// Eight checks in flight per core (16 on two), so a check queued
     /// behind them waits several hashes however many cores hash at once;
-    /// at most 56, so they and the test's own checks stay within the 64
-    /// that may wait (more would be refused 503).
+    /// at most 56 (the checks wait their turn, one hash per core).
     fn start(port: u16) -> LoginFlood {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cores = std::thread::available_parallelism().unwrap().get();

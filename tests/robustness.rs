@@ -334,7 +334,7 @@ fn stream_during_shutdown(broker: Broker) -> Option<(u16, bool, bool)> {
     let jwt = broker.login("alice", "pw");
     broker.insert(&jwt, "hello", &json!(1));
     // Argon2 kept busy: wrong passwords from many addresses queue up,
-    // twelve per core (24 on two, at most 60 of the 64 that may wait), so
+    // twelve per core (24 on two, at most 60), so
     // many hashes are still ahead of Bob's however many cores run them …
     let port = broker.port;
     let (checked, first_checked) = std::sync::mpsc::channel();
