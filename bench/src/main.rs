@@ -11,7 +11,7 @@
 //!   here: each stream on a TLS connection of its own offering only
 //!   `http/1.1` (`idle-tls`); streams on HTTP/2 connections (`idle-h2`), one
 //!   per connection (10 000 connections, as one browser tab per user) and
-//!   100 per connection (100 connections; hyper allows 200 at once). Not in
+//!   32 per connection (313 connections; Broker allows 32 at once). Not in
 //!   the default run: each shape starts a broker of its own and 10 000 TLS
 //!   handshakes, which would add about a minute per binary to it; ask for
 //!   them with `--only idle-tls,idle-h2`.
@@ -1312,7 +1312,7 @@ fn main() {
         transports.push(Transport::Https);
     }
     if wants("idle-h2") {
-        transports.extend([Transport::H2(1), Transport::H2(100)]);
+        transports.extend([Transport::H2(1), Transport::H2(32)]);
     }
     if !transports.is_empty() {
         let tls = Tls::new();
