@@ -129,11 +129,14 @@ async fn connection(tcp: TcpStream, tls: Option<TlsAcceptor>, state: Arc<State>,
 }
 
 /// An HTTP/2 connection: each of its streams is one request, served like a
-/// request over HTTP/1.1 (hyper bounds the streams at once, the header list,
-/// resets and errors, each ending the connection with GOAWAY). It is closed
-/// when its client sends no request within `HEADER_TIMEOUT` (no preface, or
-/// a preface and nothing), and when the hub cancels `closing`: a stream
-/// ended long ago that still holds its place, see `hub::CONNECTION`.
+/// request over HTTP/1.1. hyper bounds what one connection may ask for: a
+/// header list over 16 KiB is answered 431, a stream past the ones allowed
+/// at once is refused, and streams reset before they are served (rapid
+/// reset) end the connection with GOAWAY. It is closed when its client
+/// sends no request within `HEADER_TIMEOUT` (no preface, or a preface and
+/// nothing), and when the hub cancels `closing`: a stream that takes
+/// nothing, see `hub::CONNECTION`. The service borrows both tokens: the
+/// connection is served inside this function.
 async fn http2(stream: TlsStream<TcpStream>, state: Arc<State>, client: IpAddr, drain: Watcher) {
     let closing = CancellationToken::new();
     let started = CancellationToken::new();
