@@ -30,6 +30,7 @@ if ldd "$out/broker" 2>&1 | grep -q "=>"; then
 fi
 size=$(stat -c %s "$out/broker")
 echo "build-static: $out/broker ($kind) is static: $(ldd "$out/broker" 2>&1 | head -n 1 | sed 's/^[[:space:]]*//'); $((size / 1024)) KiB"
-if [ "$size" -gt 8500000 ]; then
-  echo "build-static: over the 8.5 MB target" >&2
+# 9 MB since HTTP/2 (issue 29; hyper's http2 and h2 add about 0.35 MB).
+if [ "$size" -gt 9000000 ]; then
+  echo "build-static: over the 9 MB target" >&2
 fi
