@@ -10,18 +10,17 @@
 //! order.
 
 mod common;
-use common::{ADMIN, Broker, basic};
+use common::{ADMIN, Broker, Pki, basic, pki, tls_client};
 
 use bytes::Bytes;
 use h2::client::{Builder, ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -54,66 +53,17 @@ const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 // ---------------------------------------------------------------------------
 // Certificates and TLS
 
-/// A test CA and a leaf certificate for `localhost`, written as PEM files
-/// (as in tests/tls.rs).
-struct Pki {
-    ca: String,
-    key: PathBuf,
-    chain: PathBuf,
-    ca_file: PathBuf,
-}
-
-fn pki(dir: &Path) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Broker test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let pki = Pki {
-        ca: ca.pem(),
-        key: dir.join("key.pem"),
-        chain: dir.join("chain.pem"),
-        ca_file: dir.join("ca.pem"),
-    };
-    std::fs::write(&pki.key, leaf_key.serialize_pem()).unwrap();
-    std::fs::write(&pki.chain, leaf.pem()).unwrap();
-    std::fs::write(&pki.ca_file, &pki.ca).unwrap();
-    pki
-}
-
-/// A TLS client trusting only the test CA, offering `alpn` in that order.
-fn tls_config(ca: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let mut config = config.with_root_certificates(roots).with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    Arc::new(config)
-}
-
 /// A broker serving HTTPS with the test certificate, on a fresh database,
 /// and the PKI its clients trust. The directory must outlive the broker.
 fn https_broker(dir: &Path, extra: &[&str]) -> (Broker, Pki) {
-    let pki = pki(dir);
+    let pki = pki(dir, &["localhost"]);
     let key = format!("--key_path={}", pki.key.display());
     let chain = format!("--cert_path={}", pki.chain.display());
     let mut args = vec!["--secure", "--auto_cert=false", &key, &chain];
     args.extend_from_slice(extra);
     let mut broker = Broker::start_on(&dir.join("db"), &args);
     // For the harness's own HTTP/1.1 helpers, should a test want them.
-    broker.tls = Some((tls_config(&pki.ca, &[b"http/1.1"]), "localhost".into()));
+    broker.tls = Some((tls_client(&pki.ca, &[b"http/1.1"]), "localhost".into()));
     (broker, pki)
 }
 
@@ -533,7 +483,7 @@ impl H2 {
     /// on reading after its writes fail if `keep_reading` (see `Tap`).
     /// Panics unless the server chose `h2` by ALPN.
     async fn connect_with(port: u16, pki: &Pki, builder: Builder, keep_reading: bool) -> H2 {
-        let stream = tls(port, tls_config(&pki.ca, &[b"h2", b"http/1.1"])).await;
+        let stream = tls(port, tls_client(&pki.ca, &[b"h2", b"http/1.1"])).await;
         let chosen = alpn(&stream);
         assert_eq!(
             chosen.as_deref(),
@@ -557,7 +507,7 @@ impl H2 {
         tcp.set_nodelay(true).unwrap();
         let throttled = Throttle::new(tcp, rate);
         let name = ServerName::try_from("localhost").unwrap();
-        let config = tls_config(&pki.ca, &[b"h2"]);
+        let config = tls_client(&pki.ca, &[b"h2"]);
         let handshake = TlsConnector::from(config).connect(name, throttled);
         let stream = within(WAIT, "the TLS handshake", handshake).await;
         let stream = stream.expect("TLS handshake");
@@ -838,7 +788,7 @@ async fn https_negotiates_h2_by_alpn_and_http1_for_clients_offering_only_that() 
     let (broker, pki) = https_broker(dir.path(), &[]);
     let port = broker.port;
 
-    let both = tls(port, tls_config(&pki.ca, &[b"h2", b"http/1.1"])).await;
+    let both = tls(port, tls_client(&pki.ca, &[b"h2", b"http/1.1"])).await;
     assert_eq!(alpn(&both).as_deref(), Some("h2"), "offered h2, http/1.1");
     drop(both);
     let h2 = H2::connect(port, &pki).await;
@@ -850,7 +800,7 @@ async fn https_negotiates_h2_by_alpn_and_http1_for_clients_offering_only_that() 
     assert!(reply.headers.contains_key("access-control-allow-origin"));
 
     // A client that offers only HTTP/1.1 speaks it.
-    let mut one = tls(port, tls_config(&pki.ca, &[b"http/1.1"])).await;
+    let mut one = tls(port, tls_client(&pki.ca, &[b"http/1.1"])).await;
     assert_eq!(alpn(&one).as_deref(), Some("http/1.1"));
     let request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     one.write_all(request).await.unwrap();
@@ -940,7 +890,7 @@ async fn silent_h2_clients_are_closed_within_the_header_timeout() {
     let started = Instant::now();
 
     // No preface at all.
-    let mut mute = tls(port, tls_config(&pki.ca, &[b"h2"])).await;
+    let mut mute = tls(port, tls_client(&pki.ca, &[b"h2"])).await;
     assert_eq!(alpn(&mute).as_deref(), Some("h2"));
     let mute_closed = async move {
         let mut sink = vec![0; 4096];
@@ -1555,7 +1505,7 @@ async fn an_h2_connection_holds_at_most_32_streams_at_once() {
     assert_eq!(api.send.current_max_send_streams(), 32);
 
     // By hand from here, so that nothing holds the 33rd stream back.
-    let stream = tls(port, tls_config(&pki.ca, &[b"h2"])).await;
+    let stream = tls(port, tls_client(&pki.ca, &[b"h2"])).await;
     assert_eq!(alpn(&stream).as_deref(), Some("h2"));
     let wire = Arc::new(Mutex::new(Wire::default()));
     let tap = Tap {

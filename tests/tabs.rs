@@ -7,7 +7,6 @@
 
 mod common;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use std::path::Path;
 use std::process::Command;
 
@@ -19,28 +18,14 @@ fn ten_tabs_of_one_browser_profile_all_receive_a_live_event_over_https() {
             .exists(),
         "run scripts/setup-tests.sh first"
     );
-    // A test CA and its certificate for localhost, as in tests/tls.rs.
+    // A test CA and its certificate for localhost.
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Broker test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let (key, chain, ca_file) = (
-        dir.path().join("key.pem"),
-        dir.path().join("chain.pem"),
-        dir.path().join("ca.pem"),
-    );
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    std::fs::write(&chain, leaf.pem()).unwrap();
-    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let Pki {
+        key,
+        chain,
+        ca_file,
+        ..
+    } = pki(dir.path(), &["localhost"]);
 
     let key = format!("--key_path={}", key.display());
     let chain = format!("--cert_path={}", chain.display());

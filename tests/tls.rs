@@ -3,8 +3,8 @@
 
 mod common;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::{ClientConfig, RootCertStore};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::ClientConfig;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -12,54 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A test CA and a leaf certificate for `names`, written as PEM files.
-struct Pki {
-    ca: String,
-    key: PathBuf,
-    chain: PathBuf,
-    ca_file: PathBuf,
-}
-
-fn pki(dir: &Path, names: &[&str]) -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Broker test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-    let leaf = CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let pki = Pki {
-        ca: ca.pem(),
-        key: dir.join("key.pem"),
-        chain: dir.join("chain.pem"),
-        ca_file: dir.join("ca.pem"),
-    };
-    std::fs::write(&pki.key, leaf_key.serialize_pem()).unwrap();
-    std::fs::write(&pki.chain, leaf.pem()).unwrap();
-    std::fs::write(&pki.ca_file, &pki.ca).unwrap();
-    pki
-}
-
 /// A client that trusts only the given PEM roots.
 fn client(roots_pem: &str) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    Arc::new(config.with_root_certificates(roots).with_no_client_auth())
+    tls_client(roots_pem, &[])
 }
-
-use rustls_pki_types::pem::PemObject;
 
 fn https_broker(dir: &Path, pki: &Pki, extra: &[&str]) -> Broker {
     let key = format!("--key_path={}", pki.key.display());

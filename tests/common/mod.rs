@@ -3,8 +3,10 @@
 //! tests see exactly the bytes a client would.
 #![allow(dead_code)]
 
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -916,4 +918,55 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(self.path()).status();
     }
+}
+
+/// A test CA and a leaf certificate for `names`, written as PEM files in a
+/// directory: what the HTTPS tests serve and trust.
+pub struct Pki {
+    pub ca: String,
+    pub key: PathBuf,
+    pub chain: PathBuf,
+    pub ca_file: PathBuf,
+}
+
+pub fn pki(dir: &Path, names: &[&str]) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Broker test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    let leaf = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let pki = Pki {
+        ca: ca.pem(),
+        key: dir.join("key.pem"),
+        chain: dir.join("chain.pem"),
+        ca_file: dir.join("ca.pem"),
+    };
+    std::fs::write(&pki.key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&pki.chain, leaf.pem()).unwrap();
+    std::fs::write(&pki.ca_file, &pki.ca).unwrap();
+    pki
+}
+
+/// A TLS client that trusts only the given PEM roots and offers `alpn`, in
+/// that order (none: the client names no protocol, and gets HTTP/1.1).
+pub fn tls_client(roots_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let mut config = config.with_root_certificates(roots).with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    Arc::new(config)
 }
