@@ -451,10 +451,11 @@ fn auto_cert_without_a_domain_starts_and_the_acme_error_says_why() {
     ];
     let borrowed: Vec<&str> = args.iter().map(String::as_str).collect();
     let broker = Broker::start_on(&dir.path().join("db"), &borrowed);
-    wait_for(&broker, "acme: Err", Duration::from_secs(60));
+    // pebble: "Order included DNS identifier with empty value". pebble
+    // also rejects nonces at random (badNonce), and rustls-acme retries
+    // the order with backoff, so wait for the refusal that names the cause.
+    wait_for(&broker, "identifier", Duration::from_secs(120));
     let log = broker.log.lock().unwrap().join("\n");
     eprintln!("{log}");
     assert!(log.contains("serving on port"), "{log}");
-    // pebble: "Order included DNS identifier with empty value".
-    assert!(log.contains("identifier"), "{log}");
 }
