@@ -273,7 +273,6 @@ fn hostile_requests_change_nothing_and_the_server_keeps_serving() {
         b"POST /insert HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
         b"POST /insert HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
         b"GET /verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xff\r\nConnection: close\r\n\r\n".to_vec(),
-        b"GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Ym9iOnB3\r\nLast-Event-ID: \xff\r\nConnection: close\r\n\r\n".to_vec(),
     ];
     for bytes in raw {
         let mut stream = broker.connect();
@@ -291,6 +290,23 @@ fn hostile_requests_change_nothing_and_the_server_keeps_serving() {
             &text[..text.len().min(200)]
         );
     }
+    // A Last-Event-ID that is not even text is no position: the stream opens
+    // with the sync, as without one (its 400 was retired for the line budget).
+    let mut garbled_id = broker.connect();
+    garbled_id
+        .write_all(b"GET /sse HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Ym9iOnB3\r\nLast-Event-ID: \xff\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event:keep") {
+        let read = garbled_id
+            .read(&mut chunk)
+            .expect("the sync within the read timeout");
+        assert!(read > 0, "{:?}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..read]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    drop(garbled_id);
     // A body cut short: the client promises 1000 bytes, sends 10 and hangs up.
     let mut truncated = broker.connect();
     let head = "POST /create_user HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"username\"";
